@@ -1,0 +1,446 @@
+//! `auditledger-load`: gRPC load generator for the ingest path.
+//!
+//! N connections, each one `AppendStream` with up to M requests in flight, realistic ~500-byte
+//! events; reports durable events/s and p50/p95/p99 acknowledgement latency. `--rate` paces the
+//! load (for latency at a fixed rate). `--sink` runs the same client against an in-process
+//! no-op server that acknowledges without storing: the transport ceiling of the same run.
+//! `--proofs` measures `GetInclusionProof` throughput instead.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use auditledger_benches::{Percentiles, machine, ms};
+use auditledger_proto::v1 as pb;
+use auditledger_tests::{Rng, tool_call};
+use clap::Parser;
+use prost::Message as _;
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Parser, Clone)]
+#[command(name = "auditledger-load")]
+struct Args {
+    /// Server URL, e.g. http://127.0.0.1:50051 (ignored with --sink).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Bearer token (gateway role for appends; auditor for --proofs).
+    #[arg(long, env = "AUDITLEDGER_TOKEN", default_value = "")]
+    token: String,
+    #[arg(long, default_value = "bench")]
+    tenant: String,
+    #[arg(long, default_value = "prod")]
+    env: String,
+    /// Connections (one AppendStream each).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Requests in flight per stream.
+    #[arg(long, default_value_t = 4)]
+    inflight: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Seconds to run (after a 2 s warm-up).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Target events/s across all connections (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Run against an in-process no-op sink instead of --target.
+    #[arg(long)]
+    sink: bool,
+    /// Measure GetInclusionProof requests/s on leaves [0, tree size) instead of appends.
+    #[arg(long)]
+    proofs: bool,
+    /// Scrape this /metrics URL at the end for checkpoint lag and fsync figures.
+    #[arg(long)]
+    metrics: Option<String>,
+}
+
+/// A stream that acknowledges every request at once, storing nothing.
+struct Sink;
+
+#[tonic::async_trait]
+impl pb::ingest_server::Ingest for Sink {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        Ok(Response::new(ack(request.into_inner())))
+    }
+
+    type AppendStreamStream = ReceiverStream<Result<pb::AppendResponse, Status>>;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<pb::AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = inbound.message().await {
+                if tx.send(Ok(ack(req))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn ack(req: pb::AppendRequest) -> pb::AppendResponse {
+    pb::AppendResponse {
+        receipts: req
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| pb::Receipt {
+                event_id: e.event_id.clone(),
+                origin: String::new(),
+                leaf_index: i as u64,
+                leaf_hash: vec![0; 32],
+                duplicate: false,
+                proof: None,
+            })
+            .collect(),
+        checkpoint: None,
+        error: None,
+    }
+}
+
+fn authed<T>(msg: T, token: &str) -> anyhow::Result<Request<T>> {
+    let mut req = Request::new(msg);
+    if !token.is_empty() {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+    }
+    Ok(req)
+}
+
+struct Totals {
+    events: AtomicU64,
+    errors: AtomicU64,
+    latencies: Mutex<Vec<Duration>>,
+}
+
+/// Paces request starts across all connections when `--rate` is set.
+struct Pacer {
+    interval: Option<Duration>,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    async fn wait(&self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let at = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            if *next < now {
+                // Do not bank credit after a stall: keep the rate, not catch up in a burst.
+                *next = now;
+            }
+            let at = *next;
+            *next += interval;
+            at
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+async fn run_stream(
+    args: Args,
+    channel: Channel,
+    conn: usize,
+    totals: Arc<Totals>,
+    pacer: Arc<Pacer>,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> anyhow::Result<()> {
+    let mut client =
+        pb::ingest_client::IngestClient::new(channel).max_decoding_message_size(64 << 20);
+    let templates: Vec<pb::AuditEvent> = (0..args.batch as u64 * 16)
+        .map(|n| tool_call(conn as u32, n, &args.tenant, &args.env))
+        .collect();
+    let (tx, rx) = mpsc::channel::<pb::AppendRequest>(args.inflight);
+    let sent_at: Arc<std::sync::Mutex<VecDeque<Instant>>> = Arc::default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.inflight));
+    let mut responses = client
+        .append_stream(authed(ReceiverStream::new(rx), &args.token)?)
+        .await?
+        .into_inner();
+    let (sent, slots_tx) = (sent_at.clone(), slots.clone());
+    let batch = args.batch;
+    let producer = tokio::spawn(async move {
+        let mut n = 0u64;
+        let mut rng = Rng::new(conn as u64 + 1);
+        while Instant::now() < stop_at {
+            let Ok(permit) = slots_tx.clone().acquire_owned().await else {
+                break;
+            };
+            permit.forget();
+            pacer.wait().await;
+            let offset = rng.range(0, 15) as usize * batch;
+            let events: Vec<_> = templates[offset..offset + batch]
+                .iter()
+                .map(|t| {
+                    let mut e = t.clone();
+                    e.event_id = uuid::Uuid::now_v7().to_string();
+                    e.gateway_seq = n;
+                    n += 1;
+                    e
+                })
+                .collect();
+            sent.lock().expect("lock").push_back(Instant::now());
+            if tx
+                .send(pb::AppendRequest {
+                    events,
+                    wait_for_checkpoint: false,
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    while let Some(resp) = responses.message().await? {
+        let started = sent_at
+            .lock()
+            .expect("lock")
+            .pop_front()
+            .context("response without request")?;
+        let now = Instant::now();
+        slots.add_permits(1);
+        if let Some(err) = resp.error {
+            totals.errors.fetch_add(1, Ordering::Relaxed);
+            if totals.errors.load(Ordering::Relaxed) < 5 {
+                eprintln!("request failed: {} {}", err.code, err.message);
+            }
+            continue;
+        }
+        if started >= measure_from && now <= stop_at {
+            totals
+                .events
+                .fetch_add(resp.receipts.len() as u64, Ordering::Relaxed);
+            totals.latencies.lock().await.push(now - started);
+        }
+    }
+    producer.await?;
+    Ok(())
+}
+
+async fn appends(args: Args, target: String) -> anyhow::Result<()> {
+    let totals = Arc::new(Totals {
+        events: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let pacer = Arc::new(Pacer {
+        interval: (args.rate > 0)
+            .then(|| Duration::from_secs_f64(args.batch as f64 / args.rate as f64)),
+        next: Mutex::new(Instant::now()),
+    });
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(2);
+    let stop_at = measure_from + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for conn in 0..args.connections {
+        let channel = Channel::from_shared(target.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {target}"))?;
+        tasks.push(tokio::spawn(run_stream(
+            args.clone(),
+            channel,
+            conn,
+            totals.clone(),
+            pacer.clone(),
+            measure_from,
+            stop_at,
+        )));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut lat = totals.latencies.lock().await;
+    let p = Percentiles::of(&mut lat).context("no request completed in the measurement window")?;
+    let rate = totals.events.load(Ordering::Relaxed) as f64 / args.seconds as f64;
+    let size = tool_call(0, 1, &args.tenant, &args.env).encoded_len();
+    println!("machine: {}", machine());
+    println!(
+        "{}: {} connections x {} in flight, {} events/request (~{size} B each), rate {}: {rate:.0} events/s acknowledged; \
+         ack latency p50 {} ms, p95 {} ms, p99 {} ms, max {} ms; {} failed requests",
+        if args.sink { "no-op sink" } else { "ledger" },
+        args.connections,
+        args.inflight,
+        args.batch,
+        if args.rate == 0 {
+            "unlimited".to_string()
+        } else {
+            format!("{}/s", args.rate)
+        },
+        ms(p.p50),
+        ms(p.p95),
+        ms(p.p99),
+        ms(p.max),
+        totals.errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+async fn proofs(args: Args) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(args.target.clone())?.connect().await?;
+    let mut log = pb::log_client::LogClient::new(channel.clone());
+    let cp = log
+        .get_checkpoint(authed(
+            pb::GetCheckpointRequest {
+                tenant_id: args.tenant.clone(),
+                environment: args.env.clone(),
+            },
+            &args.token,
+        )?)
+        .await?
+        .into_inner()
+        .note;
+    let body = cp
+        .split("\n\n")
+        .next()
+        .context("malformed checkpoint")?
+        .to_owned()
+        + "\n";
+    let size = auditledger_ledger::checkpoint::Checkpoint::parse_body(&body)?.tree_size;
+    if size == 0 {
+        bail!("the log is empty");
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for t in 0..args.connections * args.inflight {
+        let mut log = pb::log_client::LogClient::new(channel.clone());
+        let (args, done) = (args.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng::new(t as u64 + 3);
+            while Instant::now() < stop_at {
+                let req = pb::GetInclusionProofRequest {
+                    tenant_id: args.tenant.clone(),
+                    environment: args.env.clone(),
+                    key: Some(pb::get_inclusion_proof_request::Key::LeafIndex(
+                        rng.range(0, size),
+                    )),
+                    tree_size: size,
+                    justification: String::new(),
+                };
+                log.get_inclusion_proof(authed(req, &args.token)?).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    println!("machine: {}", machine());
+    println!(
+        "GetInclusionProof: {:.0} proofs/s ({} concurrent callers, random leaves of a {size}-leaf log)",
+        done.load(Ordering::Relaxed) as f64 / args.seconds as f64,
+        args.connections * args.inflight
+    );
+    Ok(())
+}
+
+/// Prints checkpoint-lag and fsync figures from the server's histograms.
+async fn scrape(url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("--metrics must be http://host:port/metrics")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "metrics".to_string()), |(h, p)| (h, p.to_string()));
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET /{path} HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await?;
+    for name in [
+        "auditledger_checkpoint_lag_seconds",
+        "auditledger_fsync_seconds",
+        "auditledger_ack_latency_seconds",
+    ] {
+        let buckets: Vec<(f64, f64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+            .filter_map(|l| {
+                let (le, count) = l.split_once("\"} ")?;
+                Some((
+                    if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().ok()?
+                    },
+                    count.parse().ok()?,
+                ))
+            })
+            .collect();
+        let Some(&(_, total)) = buckets.last() else {
+            continue;
+        };
+        let quantile = |q: f64| {
+            buckets
+                .iter()
+                .find(|(_, c)| *c >= q * total)
+                .map_or(f64::INFINITY, |(le, _)| *le)
+        };
+        println!(
+            "{name}: {total} samples, p50 ≤ {} s, p99 ≤ {} s (bucket bounds)",
+            quantile(0.5),
+            quantile(0.99)
+        );
+    }
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.starts_with("auditledger_batch_events_mean "))
+    {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        if args.proofs {
+            return proofs(args).await;
+        }
+        let target = if args.sink {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(
+                Server::builder()
+                    .add_service(
+                        pb::ingest_server::IngestServer::new(Sink)
+                            .max_decoding_message_size(64 << 20),
+                    )
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            format!("http://{addr}")
+        } else {
+            args.target.clone()
+        };
+        let metrics = args.metrics.clone();
+        appends(args, target).await?;
+        if let Some(url) = metrics {
+            scrape(&url).await?;
+        }
+        Ok(())
+    })
+}

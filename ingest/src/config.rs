@@ -1,0 +1,491 @@
+//! The service configuration: one TOML file with documented defaults ([`TEMPLATE`] is what
+//! `auditledger init` writes), every key overridable by `AUDITLEDGER_<SECTION>_<KEY>`
+//! environment variables (e.g. `AUDITLEDGER_SERVER_LISTEN=127.0.0.1:6000`), many by flags.
+//! Relative paths are resolved against the config file's directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "AUDITLEDGER_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// `[ledger]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerSection {
+    /// RocksDB directory (hot tier).
+    pub data_dir: PathBuf,
+    /// First part of every origin line; also the default signing key name.
+    pub origin_prefix: String,
+    /// Environments events may name.
+    pub environments: Vec<String>,
+    /// A log that grew gets a new checkpoint within this interval.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub checkpoint_interval: Duration,
+    /// Segment size 2^segment_bits leaves for logs created under this config.
+    pub segment_bits: u8,
+    /// RocksDB block cache, bytes.
+    pub block_cache_bytes: usize,
+    /// RocksDB memtable per column family, bytes.
+    pub write_buffer_bytes: usize,
+    /// Event bytes accepted but not yet durable before appends wait (backpressure).
+    pub max_inflight_bytes: usize,
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        LedgerSection {
+            data_dir: PathBuf::from("hot"),
+            origin_prefix: "auditledger.local".into(),
+            environments: vec!["dev".into(), "staging".into(), "prod".into()],
+            checkpoint_interval: Duration::from_secs(1),
+            segment_bits: 16,
+            block_cache_bytes: 256 << 20,
+            write_buffer_bytes: 64 << 20,
+            max_inflight_bytes: 256 << 20,
+        }
+    }
+}
+
+/// `[keys]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysSection {
+    /// Keyring file (DESIGN §4).
+    pub keyring: PathBuf,
+}
+
+impl Default for KeysSection {
+    fn default() -> Self {
+        KeysSection {
+            keyring: PathBuf::from("keys/keyring.toml"),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest encoded event.
+    pub max_event_bytes: usize,
+    /// Largest append request.
+    pub max_batch_bytes: usize,
+    /// Most events in one append request.
+    pub max_batch_events: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_event_bytes: 64 << 10,
+            max_batch_bytes: 4 << 20,
+            max_batch_events: 10_000,
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// gRPC listen address. Plaintext only on loopback; anything else needs `tls_cert`/`tls_key`.
+    pub listen: String,
+    /// Prometheus `/metrics` over HTTP; empty = off.
+    pub metrics_listen: String,
+    /// How long SIGTERM/SIGINT waits for in-flight requests before closing the ledger.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub shutdown_grace: Duration,
+    /// Requests in flight per `AppendStream` (more wait for earlier ones to be acknowledged).
+    pub max_inflight_per_stream: usize,
+    /// PEM certificate chain and private key; set both to serve TLS 1.3.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    pub tls_client_ca: PathBuf,
+    /// How long a gap in a gateway's `gateway_seq` may stay open (events reordered across
+    /// streams) before it is reported as lost events.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub seq_gap_grace: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:50051".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            shutdown_grace: Duration::from_secs(10),
+            max_inflight_per_stream: 64,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_client_ca: PathBuf::new(),
+            seq_gap_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A client certificate identity accepted under mTLS (`[[auth.client_cert]]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertEntry {
+    /// Subject common name of the certificate.
+    pub common_name: String,
+    pub role: String,
+    pub tenants: Vec<String>,
+    pub environments: Vec<String>,
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// Bearer token hashes, written by `auditledger token create`; reloaded when it changes.
+    pub tokens_file: PathBuf,
+    /// Environment whose system log records denials that name no valid environment.
+    pub default_environment: String,
+    /// Principals authenticated by client certificate (requires `server.tls_client_ca`).
+    pub client_cert: Vec<ClientCertEntry>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            tokens_file: PathBuf::from("tokens.toml"),
+            default_environment: "prod".into(),
+            client_cert: Vec::new(),
+        }
+    }
+}
+
+/// `[quotas]` — per tenant, enforced on ingest.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasSection {
+    /// Sustained events per second per tenant (0 = unlimited); bursts up to one second's worth.
+    pub events_per_second: u64,
+    /// Sustained event bytes per second per tenant (0 = unlimited).
+    pub bytes_per_second: u64,
+    /// Concurrent `AppendStream`s per tenant (0 = unlimited).
+    pub max_streams_per_tenant: usize,
+}
+
+impl Default for QuotasSection {
+    fn default() -> Self {
+        QuotasSection {
+            events_per_second: 200_000,
+            bytes_per_second: 128 << 20,
+            max_streams_per_tenant: 256,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub ledger: LedgerSection,
+    pub keys: KeysSection,
+    pub limits: LimitsSection,
+    pub server: ServerSection,
+    pub auth: AuthSection,
+    pub quotas: QuotasSection,
+    /// Directory of the config file; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// What `auditledger init` writes: every key with its default and what it means.
+pub const TEMPLATE: &str = r#"# AuditLedger configuration.
+# Every key can be overridden by an environment variable AUDITLEDGER_<SECTION>_<KEY>,
+# e.g. AUDITLEDGER_LEDGER_CHECKPOINT_INTERVAL=2s. Relative paths are relative to this file.
+
+[ledger]
+# RocksDB directory: the hot tier.
+data_dir = "hot"
+# First part of every log's origin line: <origin_prefix>/<tenant_id>/<environment>.
+# Also the name of the signing key created by `auditledger init`.
+origin_prefix = "auditledger.local"
+# Environments that events may name.
+environments = ["dev", "staging", "prod"]
+# A log that grew gets a new signed checkpoint within this interval.
+checkpoint_interval = "1s"
+# Segment size 2^segment_bits leaves (the unit moved to warm/cold storage) for new logs.
+segment_bits = 16
+# RocksDB block cache and memtable size per column family, bytes.
+block_cache_bytes = 268435456
+write_buffer_bytes = 67108864
+# Event bytes accepted but not yet durable before appends wait (backpressure).
+max_inflight_bytes = 268435456
+
+[keys]
+# Keyring: the checkpoint signing keys and their validity (private keys in separate files).
+keyring = "keys/keyring.toml"
+
+[limits]
+# Largest encoded event, largest append request, most events per request.
+max_event_bytes = 65536
+max_batch_bytes = 4194304
+max_batch_events = 10000
+
+[server]
+# gRPC address. Plaintext is served only on loopback; any other address needs tls_cert and
+# tls_key (TLS 1.3), or the server refuses to start.
+listen = "127.0.0.1:50051"
+# Prometheus metrics at http://<metrics_listen>/metrics; "" turns them off.
+metrics_listen = "127.0.0.1:9464"
+# On SIGTERM/SIGINT: stop accepting, let in-flight requests finish for up to this long, then
+# commit, sign final checkpoints and exit.
+shutdown_grace = "10s"
+# Append requests in flight per AppendStream.
+max_inflight_per_stream = 64
+# PEM certificate chain and key for TLS; a client CA bundle turns on mutual TLS.
+tls_cert = ""
+tls_key = ""
+tls_client_ca = ""
+# A gap in a gateway's gateway_seq still open after this long is reported (metric and system
+# log) as events lost between gateway and ledger.
+seq_gap_grace = "10s"
+
+[auth]
+# Hashes of bearer tokens (never the tokens), written by `auditledger token create`.
+tokens_file = "tokens.toml"
+# System log environment for denials whose request names no configured environment.
+default_environment = "prod"
+# Client certificates accepted under mutual TLS, by subject common name:
+# [[auth.client_cert]]
+# common_name = "gateway-1.example.com"
+# role = "gateway"
+# tenants = ["acme"]
+# environments = ["prod"]
+
+[quotas]
+# Per tenant: sustained events/s and bytes/s (bursts up to one second's worth; 0 = no limit),
+# and concurrent AppendStreams.
+events_per_second = 200000
+bytes_per_second = 134217728
+max_streams_per_tenant = 256
+"#;
+
+fn set_override(table: &mut toml::Table, section: &str, key: &str, raw: &str) {
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = entry {
+        t.insert(key.to_owned(), value);
+    }
+}
+
+const SECTIONS: &[&str] = &["ledger", "keys", "limits", "server", "auth", "quotas"];
+
+impl Config {
+    /// Parses config text and applies `AUDITLEDGER_<SECTION>_<KEY>` overrides from `env`.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else {
+                continue;
+            };
+            if SECTIONS.contains(&section) {
+                set_override(&mut table, section, key, &raw);
+            }
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        config.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    /// Loads a config file with overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, std::env::vars())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(8..=30).contains(&self.ledger.segment_bits) {
+            return Err(format!(
+                "ledger.segment_bits = {} is outside 8..=30",
+                self.ledger.segment_bits
+            ));
+        }
+        if self.ledger.environments.is_empty() {
+            return Err("ledger.environments is empty".into());
+        }
+        for env in &self.ledger.environments {
+            auditledger_ledger::event::check_name("ledger.environments", env)
+                .map_err(|e| e.to_string())?;
+        }
+        if !auditledger_ledger::note::is_valid_key_name(&self.ledger.origin_prefix) {
+            return Err(format!(
+                "ledger.origin_prefix {:?} must be non-empty without spaces or '+'",
+                self.ledger.origin_prefix
+            ));
+        }
+        if self.ledger.checkpoint_interval.is_zero() {
+            return Err("ledger.checkpoint_interval must be positive".into());
+        }
+        if self.limits.max_event_bytes == 0
+            || self.limits.max_event_bytes > self.limits.max_batch_bytes
+        {
+            return Err(
+                "limits.max_event_bytes must be positive and at most limits.max_batch_bytes".into(),
+            );
+        }
+        if self.limits.max_batch_events == 0 {
+            return Err("limits.max_batch_events must be positive".into());
+        }
+        if self.server.max_inflight_per_stream == 0 {
+            return Err("server.max_inflight_per_stream must be positive".into());
+        }
+        for c in &self.auth.client_cert {
+            crate::auth::Role::parse(&c.role)
+                .map_err(|e| format!("auth.client_cert {:?}: {e}", c.common_name))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves a configured path against the config directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.ledger.data_dir)
+    }
+
+    pub fn keyring_path(&self) -> PathBuf {
+        self.resolve(&self.keys.keyring)
+    }
+
+    pub fn tokens_path(&self) -> PathBuf {
+        self.resolve(&self.auth.tokens_file)
+    }
+
+    /// A configured, non-empty path resolved against the config directory.
+    pub fn optional_path(&self, path: &Path) -> Option<PathBuf> {
+        (!path.as_os_str().is_empty()).then(|| self.resolve(path))
+    }
+
+    /// The ledger options this config describes.
+    pub fn ledger_options(&self) -> auditledger_ledger::LedgerOptions {
+        auditledger_ledger::LedgerOptions {
+            origin_prefix: self.ledger.origin_prefix.clone(),
+            environments: self.ledger.environments.clone(),
+            checkpoint_interval: self.ledger.checkpoint_interval,
+            segment_bits: self.ledger.segment_bits,
+            max_event_bytes: self.limits.max_event_bytes,
+            max_inflight_bytes: self.ledger.max_inflight_bytes,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_is_the_defaults() {
+        let parsed = Config::parse(TEMPLATE, Path::new("/etc/al/config.toml"), []).unwrap();
+        let expected = Config {
+            base_dir: PathBuf::from("/etc/al"),
+            ..Default::default()
+        };
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let env = vec![
+            (
+                "AUDITLEDGER_LEDGER_CHECKPOINT_INTERVAL".to_string(),
+                "250ms".to_string(),
+            ),
+            (
+                "AUDITLEDGER_LIMITS_MAX_BATCH_EVENTS".to_string(),
+                "5".to_string(),
+            ),
+            (
+                "AUDITLEDGER_LEDGER_ENVIRONMENTS".to_string(),
+                "[\"qa\"]".to_string(),
+            ),
+            ("AUDITLEDGER_CONFIG".to_string(), "ignored".to_string()),
+        ];
+        let c = Config::parse(TEMPLATE, Path::new("c.toml"), env).unwrap();
+        assert_eq!(c.ledger.checkpoint_interval, Duration::from_millis(250));
+        assert_eq!(c.limits.max_batch_events, 5);
+        assert_eq!(c.ledger.environments, vec!["qa".to_string()]);
+        assert_eq!(c.base_dir, PathBuf::from("."));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::parse("[ledger]\nsegment_bits = 3\n", Path::new("c.toml"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("segment_bits = 3"), "{err}");
+        let err = Config::parse("[ledger]\nbogus = 1\n", Path::new("c.toml"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = Config::parse(
+            "[ledger]\ncheckpoint_interval = \"soon\"\n",
+            Path::new("c.toml"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("soon"), "{err}");
+    }
+}

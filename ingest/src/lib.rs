@@ -1,0 +1,16 @@
+//! The `auditledger` service: configuration, authentication and tenancy, quotas, the gRPC
+//! services (`server`), their wiring (`serve`), metrics, the system log, and the commands.
+
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod open;
+pub mod quotas;
+pub mod seqtrack;
+pub mod serve;
+pub mod server;
+pub mod status;
+pub mod syslog;
+pub mod tls;

@@ -1,0 +1,232 @@
+//! `auditledger`: the AuditLedger service and its administration commands (DESIGN §9).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use auditledger_ingest::config::Config;
+use auditledger_ingest::{commands, logging, serve};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "auditledger",
+    version,
+    about = "Verifiable audit ledger for AI agents' tool calls"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create DIR/config.toml (documented defaults, data under DIR) and a signing key; print
+    /// the verifier key.
+    Init {
+        dir: PathBuf,
+        /// Segment size 2^N leaves for logs created under this config.
+        #[arg(long, value_name = "N")]
+        segment_bits: Option<u8>,
+        /// Origin prefix of every log (default auditledger.local).
+        #[arg(long)]
+        origin_prefix: Option<String>,
+        /// Name of the signing key (default: the origin prefix).
+        #[arg(long)]
+        key_name: Option<String>,
+    },
+    /// Signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Recheck every log: leaves, tiles, indexes, checkpoint signatures, roots and chain.
+    /// Exit 0 only if everything verifies. Run it while the server is stopped.
+    Fsck {
+        #[arg(long, env = "AUDITLEDGER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Append a demo batch (tool call, approval, denied access), sign a checkpoint, verify a proof.
+    Demo {
+        #[arg(long, env = "AUDITLEDGER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Serve gRPC (Ingest, Log, health, reflection) and metrics until SIGTERM/SIGINT.
+    Serve {
+        #[arg(long, env = "AUDITLEDGER_CONFIG")]
+        config: PathBuf,
+        /// Listen address (overrides server.listen), e.g. 127.0.0.1:50051; port 0 picks one.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Send the demo batch to a running server over gRPC and print the receipts, proofs and
+    /// checkpoint (a first event, the way a gateway sends it).
+    Append {
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// Gateway bearer token.
+        #[arg(long, env = "AUDITLEDGER_TOKEN")]
+        token: String,
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+        #[arg(long, default_value = "dev")]
+        env: String,
+    },
+    /// Bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; store its hash; print the token alone on the last line of stdout.
+    Create {
+        #[arg(long, env = "AUDITLEDGER_CONFIG")]
+        config: PathBuf,
+        /// Tenant the token covers; repeat for several (`*` = all tenants but _system).
+        #[arg(long = "tenant", required = true)]
+        tenants: Vec<String>,
+        /// Environment the token covers; repeat for several (`*` = all).
+        #[arg(long = "env", required = true)]
+        environments: Vec<String>,
+        /// gateway, investigator, compliance, auditor or admin.
+        #[arg(long)]
+        role: String,
+        /// Lifetime, e.g. 30d, 12h (default: no expiry).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Principal name recorded with every action (default: derived from role and scope).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the verifier key (name+hexid+base64) of every active key, one per line.
+    List {
+        #[arg(long, env = "AUDITLEDGER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Add a new signing key, active from now alongside the existing ones; print its verifier key.
+    Generate {
+        #[arg(long, env = "AUDITLEDGER_CONFIG")]
+        config: PathBuf,
+        /// Key name (default: the origin prefix).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn load(config: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(config).with_context(|| format!("loading {}", config.display()))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init {
+            dir,
+            segment_bits,
+            origin_prefix,
+            key_name,
+        } => {
+            let vkey = commands::init(
+                &dir,
+                segment_bits,
+                origin_prefix.as_deref(),
+                key_name.as_deref(),
+            )?;
+            eprintln!("created {}", commands::config_path_in(&dir).display());
+            println!("{vkey}");
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::List { config } => {
+                for k in commands::keys_list(&load(&config)?)? {
+                    println!("{k}");
+                }
+            }
+            KeysCommand::Generate { config, name } => {
+                println!(
+                    "{}",
+                    commands::keys_generate(&load(&config)?, name.as_deref())?
+                );
+            }
+        },
+        Command::Fsck { config } => {
+            let (lines, clean) = commands::fsck(&load(&config)?)?;
+            for l in lines {
+                println!("{l}");
+            }
+            if !clean {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Demo { config } => {
+            for l in commands::demo(&load(&config)?)? {
+                println!("{l}");
+            }
+        }
+        Command::Serve { config, listen } => {
+            let config = load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("auditledger-rt")
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(serve::serve(config, listen))?;
+        }
+        Command::Append {
+            target,
+            token,
+            tenant,
+            env,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            for line in runtime.block_on(commands::append_demo(&target, &token, &tenant, &env))? {
+                println!("{line}");
+            }
+        }
+        Command::Token { command } => match command {
+            TokenCommand::Create {
+                config,
+                tenants,
+                environments,
+                role,
+                ttl,
+                name,
+            } => {
+                let config = load(&config)?;
+                let (name, token) = commands::token_create(
+                    &config,
+                    &tenants,
+                    &environments,
+                    &role,
+                    ttl.as_deref(),
+                    name.as_deref(),
+                )?;
+                eprintln!(
+                    "created token {name:?} (only its hash is stored in {})",
+                    config.tokens_path().display()
+                );
+                println!("{token}");
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    logging::init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

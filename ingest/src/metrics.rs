@@ -1,0 +1,273 @@
+//! Prometheus metrics: the ledger's write-path counters plus the server's own (ack latency,
+//! rejects per tenant and reason, gateway sequence anomalies), served as text at `/metrics` by
+//! a minimal HTTP/1.1 responder (one GET endpoint does not justify a web framework).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use auditledger_ledger::Ledger;
+use auditledger_ledger::metrics::{Histogram, LATENCY_BUCKETS_US};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+/// Server-side metrics.
+#[derive(Default)]
+pub struct ServerMetrics {
+    /// Time from receiving an append request to sending its response.
+    pub ack_latency: Histogram,
+    /// Requests refused, by (tenant, reason).
+    rejects: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Gateway sequence anomalies, by (tenant, gateway, kind).
+    seq_anomalies: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    /// Events in append requests, by tenant.
+    appended: Mutex<BTreeMap<String, u64>>,
+}
+
+impl ServerMetrics {
+    pub fn reject(&self, tenant: &str, reason: &'static str) {
+        *self
+            .rejects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((tenant.to_owned(), reason))
+            .or_default() += 1;
+    }
+
+    pub fn seq_anomaly(&self, tenant: &str, gateway: &str, kind: &'static str) {
+        *self
+            .seq_anomalies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((tenant.to_owned(), gateway.to_owned(), kind))
+            .or_default() += 1;
+    }
+
+    pub fn appended(&self, tenant: &str, events: u64) {
+        *self
+            .appended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.to_owned())
+            .or_default() += events;
+    }
+
+    pub fn rejects_of(&self, tenant: &str, reason: &str) -> u64 {
+        self.rejects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((t, r), _)| t == tenant && *r == reason)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let (buckets, count, sum_us) = h.snapshot();
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+        cumulative += buckets[i];
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {count}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+/// The Prometheus text exposition of everything.
+pub fn render(ledger: &Ledger, server: &ServerMetrics) -> String {
+    let m = ledger.metrics();
+    let mut out = String::new();
+    counter(
+        &mut out,
+        "auditledger_commits_total",
+        "Group commits (one synced write each).",
+        m.commits.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "auditledger_commit_failures_total",
+        "Group commits that failed; nothing in them was acknowledged.",
+        m.commit_failures.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "auditledger_append_requests_total",
+        "Append requests committed.",
+        m.requests.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "auditledger_append_events_total",
+        "Events in committed append requests.",
+        m.events.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "auditledger_bytes_written_total",
+        "Key and value bytes written by group commits.",
+        m.bytes_written.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "auditledger_checkpoints_total",
+        "Checkpoints signed and stored.",
+        m.checkpoints.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "auditledger_checkpoint_failures_total",
+        "Checkpoint passes that failed.",
+        m.checkpoint_failures.load(Ordering::Relaxed),
+    );
+    histogram(
+        &mut out,
+        "auditledger_fsync_seconds",
+        "Duration of the synced group-commit write.",
+        &m.write_latency,
+    );
+    histogram(
+        &mut out,
+        "auditledger_ack_latency_seconds",
+        "Append request received to response sent.",
+        &server.ack_latency,
+    );
+    histogram(
+        &mut out,
+        "auditledger_checkpoint_lag_seconds",
+        "Log growth to the checkpoint covering it.",
+        &m.checkpoint_lag,
+    );
+    let commits = m.commits.load(Ordering::Relaxed).max(1);
+    let _ = writeln!(
+        out,
+        "# HELP auditledger_batch_events_mean Mean events per group commit.\n# TYPE auditledger_batch_events_mean gauge\nauditledger_batch_events_mean {}",
+        m.events.load(Ordering::Relaxed) as f64 / commits as f64
+    );
+    let _ = writeln!(
+        out,
+        "# HELP auditledger_tenant_events_total Events received per tenant.\n# TYPE auditledger_tenant_events_total counter"
+    );
+    for (tenant, n) in server
+        .appended
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "auditledger_tenant_events_total{{tenant=\"{}\"}} {n}",
+            escape(tenant)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP auditledger_rejects_total Requests refused, by tenant and reason.\n# TYPE auditledger_rejects_total counter"
+    );
+    for ((tenant, reason), n) in server
+        .rejects
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "auditledger_rejects_total{{tenant=\"{}\",reason=\"{reason}\"}} {n}",
+            escape(tenant)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP auditledger_gateway_seq_anomalies_total Gaps and regressions in gateway_seq.\n# TYPE auditledger_gateway_seq_anomalies_total counter"
+    );
+    for ((tenant, gateway, kind), n) in server
+        .seq_anomalies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "auditledger_gateway_seq_anomalies_total{{tenant=\"{}\",gateway=\"{}\",kind=\"{kind}\"}} {n}",
+            escape(tenant),
+            escape(gateway)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP auditledger_log_tree_size Leaves per log.\n# TYPE auditledger_log_tree_size gauge"
+    );
+    for log in ledger.logs() {
+        let _ = writeln!(
+            out,
+            "auditledger_log_tree_size{{origin=\"{}\"}} {}",
+            escape(log.origin()),
+            log.tree_size()
+        );
+    }
+    out
+}
+
+/// Serves `GET /metrics` until the task is dropped.
+pub async fn serve(listener: TcpListener, ledger: Arc<Ledger>, server: Arc<ServerMetrics>) {
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let (ledger, server) = (ledger.clone(), server.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            // Read the request head (bounded, with a timeout against slow clients).
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while len < buf.len() {
+                    match socket.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?")
+            {
+                let body = render(&ledger, &server);
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}

@@ -1,0 +1,224 @@
+//! `auditledger serve`: binds, wires the services, health and reflection, metrics, and shuts
+//! down cleanly on SIGTERM/SIGINT (stop accepting, drain in-flight appends, sign final
+//! checkpoints).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use auditledger_proto::v1::ingest_server::IngestServer;
+use auditledger_proto::v1::log_server::LogServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::metrics::ServerMetrics;
+use crate::quotas::Quotas;
+use crate::seqtrack::SeqTracker;
+use crate::server::{AppState, IngestService, LogService};
+use crate::syslog::SystemLog;
+use crate::{open, tls};
+
+/// Resolves the listen address and checks the plaintext-on-loopback-only rule.
+pub async fn listen_address(config: &Config, listen: &str) -> anyhow::Result<(SocketAddr, bool)> {
+    let addr = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("resolving listen address {listen:?}"))?
+        .next()
+        .with_context(|| format!("listen address {listen:?} resolves to nothing"))?;
+    let tls = !config.server.tls_cert.as_os_str().is_empty()
+        || !config.server.tls_key.as_os_str().is_empty();
+    if tls
+        && (config.server.tls_cert.as_os_str().is_empty()
+            || config.server.tls_key.as_os_str().is_empty())
+    {
+        bail!("set both server.tls_cert and server.tls_key to serve TLS");
+    }
+    if !tls && !addr.ip().is_loopback() {
+        bail!(
+            "refusing to serve plaintext gRPC on non-loopback address {addr}: configure server.tls_cert and \
+             server.tls_key (and optionally server.tls_client_ca for mutual TLS), or listen on 127.0.0.1"
+        );
+    }
+    Ok((addr, tls))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT.
+pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::Result<()> {
+    let listen = listen_override.unwrap_or_else(|| config.server.listen.clone());
+    let (addr, use_tls) = listen_address(&config, &listen).await?;
+    let tls_config = if use_tls {
+        let client_ca = config.optional_path(&config.server.tls_client_ca);
+        Some(
+            tls::server_config(
+                &config.resolve(&config.server.tls_cert),
+                &config.resolve(&config.server.tls_key),
+                client_ca.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
+    let auth = Authenticator::new(config.tokens_path(), &config.auth.client_cert)
+        .map_err(anyhow::Error::msg)?;
+    let open_config = config.clone();
+    let (ledger, _store) =
+        tokio::task::spawn_blocking(move || open::open_ledger(&open_config)).await??;
+    let ledger = Arc::new(ledger);
+    let syslog = SystemLog::start(ledger.clone(), config.auth.default_environment.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics = Arc::new(ServerMetrics::default());
+    let state = Arc::new(AppState {
+        quotas: Quotas::new(config.quotas.clone()),
+        seq: SeqTracker::new(config.server.seq_gap_grace),
+        config: config.clone(),
+        ledger: ledger.clone(),
+        auth,
+        syslog,
+        metrics: metrics.clone(),
+        shutdown: shutdown_rx.clone(),
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<IngestServer<IngestService>>()
+        .await;
+    health_reporter.set_serving::<LogServer<LogService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(auditledger_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let max_message = config.limits.max_batch_bytes + (64 << 10);
+    let ingest = IngestServer::new(IngestService(state.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(64 << 20);
+    let log = LogServer::new(LogService(state.clone()))
+        .max_decoding_message_size(1 << 20)
+        .max_encoding_message_size(64 << 20);
+
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    let scheme = if use_tls { "https" } else { "http" };
+
+    let metrics_task = if config.server.metrics_listen.is_empty() {
+        None
+    } else {
+        let m = TcpListener::bind(&config.server.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding server.metrics_listen {}",
+                    config.server.metrics_listen
+                )
+            })?;
+        let maddr = m.local_addr()?;
+        tracing::info!(address = %maddr, "metrics at http://{maddr}/metrics");
+        println!("auditledger metrics on http://{maddr}/metrics");
+        Some(tokio::spawn(crate::metrics::serve(
+            m,
+            ledger.clone(),
+            metrics.clone(),
+        )))
+    };
+    let sweeper_state = state.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let gaps = sweeper_state.seq.expired_gaps(Instant::now());
+            sweeper_state.seq_anomalies(gaps);
+        }
+    });
+
+    tracing::info!(address = %local, tls = use_tls, mtls = use_tls && !config.server.tls_client_ca.as_os_str().is_empty(), "listening");
+    println!("auditledger listening on {scheme}://{local}");
+
+    let router = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ingest)
+        .add_service(log);
+
+    let mut signal_rx = shutdown_rx.clone();
+    let graceful = async move {
+        let _ = signal_rx.wait_for(|s| *s).await;
+    };
+    let server = async move {
+        match tls_config {
+            Some(tls) => {
+                let incoming = ReceiverStream::new(tls::incoming(listener, tls));
+                router
+                    .serve_with_incoming_shutdown(incoming, graceful)
+                    .await
+            }
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, graceful)
+                    .await
+            }
+        }
+    };
+    tokio::pin!(server);
+    let grace = config.server.shutdown_grace;
+    tokio::select! {
+        result = &mut server => result.context("gRPC server failed")?,
+        _ = shutdown_signal() => {
+            tracing::info!(grace = ?grace, "shutting down: no new requests, draining in-flight ones");
+            let _ = shutdown_tx.send(true);
+            if tokio::time::timeout(grace, &mut server).await.is_err() {
+                tracing::warn!("in-flight requests did not finish within server.shutdown_grace; closing anyway");
+            }
+        }
+    }
+    sweeper.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    health_reporter
+        .set_not_serving::<IngestServer<IngestService>>()
+        .await;
+    // Everything accepted has been answered; commit the queued system records, then sign
+    // final checkpoints.
+    state.syslog.close().await;
+    let closing = ledger.clone();
+    tokio::task::spawn_blocking(move || closing.close())
+        .await?
+        .context("closing the ledger")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,514 @@
+//! `fsck`: walks every log of a store and rechecks it from the leaves up — leaf encoding, leaf
+//! hashes, every stored tile, both indexes, every checkpoint's signature, root and `prev` chain
+//! — reporting the first inconsistency of each log precisely.
+
+use std::collections::BTreeSet;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::event::{self, EventId};
+use crate::layout::{self, FORMAT_VERSION, LogId, LogRecord, LogState, Space, TileView};
+use crate::merkle::{self, Hash, leaf_hash};
+use crate::note::VerifierKey;
+use crate::store::{Direction, Store, StoreError};
+use crate::tiles::{StoreHashReader, TileEdge};
+
+/// What fsck found in one log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogReport {
+    pub origin: String,
+    pub tree_size: u64,
+    pub leaves_checked: u64,
+    pub tiles_checked: u64,
+    pub checkpoints_checked: u64,
+    /// The first inconsistency, if any.
+    pub problem: Option<String>,
+}
+
+/// Result of a whole-store check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FsckReport {
+    pub logs: Vec<LogReport>,
+    /// Problems not tied to one log (format version, registry, orphaned data).
+    pub store_problems: Vec<String>,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.store_problems.is_empty() && self.logs.iter().all(|l| l.problem.is_none())
+    }
+
+    /// Every problem as one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self.store_problems.clone();
+        out.extend(
+            self.logs
+                .iter()
+                .filter_map(|l| l.problem.as_ref().map(|p| format!("{}: {p}", l.origin))),
+        );
+        out
+    }
+}
+
+/// Checks everything in `store`. Checkpoint signatures must verify with one of `verifiers`.
+pub fn check(store: &dyn Store, verifiers: &[VerifierKey]) -> Result<FsckReport, StoreError> {
+    let mut report = FsckReport::default();
+    match store.get(Space::Meta, layout::META_FORMAT_VERSION)? {
+        Some(v) if layout::decode_u32(&v) == Some(FORMAT_VERSION) => {}
+        Some(v) => {
+            report.store_problems.push(format!(
+                "format_version is {:?}, this build reads {FORMAT_VERSION}",
+                layout::decode_u32(&v)
+            ));
+            return Ok(report);
+        }
+        None => {
+            report
+                .store_problems
+                .push("no format_version record: not an AuditLedger store".into());
+            return Ok(report);
+        }
+    }
+    let next_log_id = store
+        .get(Space::Meta, layout::META_NEXT_LOG_ID)?
+        .and_then(|v| layout::decode_u32(&v))
+        .unwrap_or(0);
+    let mut records: Vec<(LogId, Option<LogRecord>)> = Vec::new();
+    let (start, end) = layout::meta_log_range();
+    store.scan(
+        Space::Meta,
+        &start,
+        Some(&end),
+        Direction::Forward,
+        &mut |k, v| {
+            if let Some(id) = layout::parse_meta_log_key(k) {
+                records.push((id, LogRecord::decode(v)));
+            }
+            true
+        },
+    )?;
+    for (log_id, record) in records {
+        let Some(record) = record else {
+            report
+                .store_problems
+                .push(format!("log id {log_id}: malformed log record"));
+            continue;
+        };
+        if log_id >= next_log_id {
+            report.store_problems.push(format!(
+                "log id {log_id} ({}) is not below next_log_id {next_log_id}",
+                record.origin
+            ));
+        }
+        report
+            .logs
+            .push(check_log(store, log_id, &record, verifiers)?);
+    }
+    // Data under a log id nobody owns.
+    for space in [
+        Space::Leaves,
+        Space::Tiles,
+        Space::EventIds,
+        Space::LeafHashes,
+        Space::Checkpoints,
+    ] {
+        let mut orphan = None;
+        store.scan(
+            space,
+            &next_log_id.to_be_bytes(),
+            None,
+            Direction::Forward,
+            &mut |k, _| {
+                orphan = Some(hex::encode(k));
+                false
+            },
+        )?;
+        if let Some(k) = orphan {
+            report.store_problems.push(format!(
+                "{} holds key {k} of an unregistered log id",
+                space.name()
+            ));
+        }
+    }
+    Ok(report)
+}
+
+fn count_keys(store: &dyn Store, space: Space, log_id: LogId) -> Result<u64, StoreError> {
+    let (start, end) = layout::log_range(log_id);
+    let mut n = 0u64;
+    store.scan(
+        space,
+        &start,
+        end.as_ref().map(|e| &e[..]),
+        Direction::Forward,
+        &mut |_, _| {
+            n += 1;
+            true
+        },
+    )?;
+    Ok(n)
+}
+
+fn check_log(
+    store: &dyn Store,
+    log_id: LogId,
+    record: &LogRecord,
+    verifiers: &[VerifierKey],
+) -> Result<LogReport, StoreError> {
+    let mut report = LogReport {
+        origin: record.origin.clone(),
+        ..Default::default()
+    };
+    let state = match store.get(Space::Meta, &layout::meta_state_key(log_id))? {
+        None => LogState::default(),
+        Some(v) => match LogState::decode(&v) {
+            Some(s) => s,
+            None => {
+                report.problem = Some("log state record is malformed".into());
+                return Ok(report);
+            }
+        },
+    };
+    report.tree_size = state.tree_size;
+    if let Err(problem) = check_leaves_and_tiles(store, log_id, record, &state, &mut report)? {
+        report.problem = Some(problem);
+        return Ok(report);
+    }
+    for (space, what) in [
+        (Space::EventIds, "event id"),
+        (Space::LeafHashes, "leaf hash"),
+    ] {
+        let n = count_keys(store, space, log_id)?;
+        if n != state.tree_size {
+            report.problem = Some(format!(
+                "{what} index has {n} entries for {} leaves (stray or missing entries)",
+                state.tree_size
+            ));
+            return Ok(report);
+        }
+    }
+    if let Err(problem) = check_checkpoints(store, log_id, record, &state, verifiers, &mut report)?
+    {
+        report.problem = Some(problem);
+    }
+    Ok(report)
+}
+
+type Check = Result<Result<(), String>, StoreError>;
+
+/// Leaves checked per batch of index lookups.
+const CHUNK: u64 = 4096;
+
+fn check_leaves_and_tiles(
+    store: &dyn Store,
+    log_id: LogId,
+    record: &LogRecord,
+    state: &LogState,
+    report: &mut LogReport,
+) -> Check {
+    let mut edge = TileEdge::new();
+    let mut completed = Vec::new();
+    let mut last_logged_at = 0u64;
+    let mut next = 0u64;
+    while next < state.tree_size {
+        let chunk_end = (next + CHUNK).min(state.tree_size);
+        let mut leaves: Vec<(u64, Vec<u8>)> = Vec::with_capacity((chunk_end - next) as usize);
+        let mut malformed = None;
+        store.scan(
+            Space::Leaves,
+            &layout::leaf_key(log_id, next),
+            Some(&layout::leaf_key(log_id, chunk_end)),
+            Direction::Forward,
+            &mut |k, v| match layout::parse_leaf_key(k) {
+                Some((_, index)) => {
+                    leaves.push((index, v.to_vec()));
+                    true
+                }
+                None => {
+                    malformed = Some(hex::encode(k));
+                    false
+                }
+            },
+        )?;
+        if let Some(k) = malformed {
+            return Ok(Err(format!("malformed leaf key {k}")));
+        }
+        for (offset, (index, _)) in leaves.iter().enumerate() {
+            let expected = next + offset as u64;
+            if *index != expected {
+                return Ok(Err(format!("leaves [{expected}, {index}) are missing")));
+            }
+        }
+        if (leaves.len() as u64) < chunk_end - next {
+            let from = next + leaves.len() as u64;
+            let to = scan_first_index(store, log_id, from)?
+                .map_or(state.tree_size, |i| i.min(state.tree_size));
+            return Ok(Err(format!("leaves [{from}, {to}) are missing")));
+        }
+        let mut ids = Vec::with_capacity(leaves.len());
+        let mut hashes = Vec::with_capacity(leaves.len());
+        for (index, leaf) in &leaves {
+            match check_leaf(record, *index, leaf, &mut last_logged_at) {
+                Ok(id) => ids.push(id),
+                Err(p) => return Ok(Err(p)),
+            }
+            hashes.push(leaf_hash(leaf));
+        }
+        let id_keys: Vec<[u8; 20]> = ids
+            .iter()
+            .map(|id| layout::event_id_key(log_id, &id.0))
+            .collect();
+        let hash_keys: Vec<[u8; 36]> = hashes
+            .iter()
+            .map(|h| layout::leaf_hash_key(log_id, h))
+            .collect();
+        for (space, keys, what) in [
+            (
+                Space::EventIds,
+                id_keys.iter().map(|k| &k[..]).collect::<Vec<&[u8]>>(),
+                "event id",
+            ),
+            (
+                Space::LeafHashes,
+                hash_keys.iter().map(|k| &k[..]).collect::<Vec<&[u8]>>(),
+                "leaf hash",
+            ),
+        ] {
+            let mut problem = None;
+            store.multi_get(space, &keys, &mut |i, value| {
+                if problem.is_some() {
+                    return;
+                }
+                let index = next + i as u64;
+                match value.and_then(layout::decode_u64) {
+                    Some(found) if found == index => {}
+                    Some(found) => {
+                        problem = Some(format!("leaf {index}: {what} index points to leaf {found}"))
+                    }
+                    None => problem = Some(format!("leaf {index}: {what} index entry missing")),
+                }
+            })?;
+            if let Some(p) = problem {
+                return Ok(Err(p));
+            }
+        }
+        for hash in hashes {
+            edge.append(hash, &mut completed);
+            for (tile, value) in completed.drain(..) {
+                match compare_tile(store, log_id, tile, &value) {
+                    Ok(()) => report.tiles_checked += 1,
+                    Err(LeafProblem::Store(e)) => return Err(e),
+                    Err(LeafProblem::Bad(p)) => return Ok(Err(p)),
+                }
+            }
+        }
+        report.leaves_checked += leaves.len() as u64;
+        next = chunk_end;
+    }
+    if let Some(extra) = scan_first_index(store, log_id, state.tree_size)? {
+        return Ok(Err(format!(
+            "leaf {extra} exists beyond the recorded tree size {}",
+            state.tree_size
+        )));
+    }
+    for (tile, value) in edge.take_dirty() {
+        match compare_tile(store, log_id, tile, &value) {
+            Ok(()) => report.tiles_checked += 1,
+            Err(LeafProblem::Store(e)) => return Err(e),
+            Err(LeafProblem::Bad(p)) => return Ok(Err(p)),
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Index of the first stored leaf at or after `from`.
+fn scan_first_index(
+    store: &dyn Store,
+    log_id: LogId,
+    from: u64,
+) -> Result<Option<u64>, StoreError> {
+    let (_, end) = layout::log_range(log_id);
+    let mut found = None;
+    store.scan(
+        Space::Leaves,
+        &layout::leaf_key(log_id, from),
+        end.as_ref().map(|e| &e[..]),
+        Direction::Forward,
+        &mut |k, _| {
+            found = layout::parse_leaf_key(k).map(|(_, i)| i);
+            false
+        },
+    )?;
+    Ok(found)
+}
+
+enum LeafProblem {
+    Store(StoreError),
+    Bad(String),
+}
+
+impl From<StoreError> for LeafProblem {
+    fn from(e: StoreError) -> Self {
+        LeafProblem::Store(e)
+    }
+}
+
+fn check_leaf(
+    record: &LogRecord,
+    index: u64,
+    leaf: &[u8],
+    last_logged_at: &mut u64,
+) -> Result<EventId, String> {
+    let bad = |m: String| format!("leaf {index}: {m}");
+    let decoded = event::decode_leaf_strict(leaf).map_err(|e| bad(e.to_string()))?;
+    let ev = decoded
+        .event
+        .as_ref()
+        .ok_or_else(|| bad("no event".into()))?;
+    if ev.tenant_id != record.tenant_id || ev.environment != record.environment {
+        return Err(bad(format!(
+            "event belongs to tenant {:?} environment {:?}, not this log",
+            ev.tenant_id, ev.environment
+        )));
+    }
+    if decoded.logged_at < *last_logged_at {
+        return Err(bad(format!(
+            "logged_at {} is before the previous leaf's {}",
+            decoded.logged_at, last_logged_at
+        )));
+    }
+    *last_logged_at = decoded.logged_at;
+    EventId::parse(&ev.event_id).map_err(|e| bad(format!("event_id: {e}")))
+}
+
+fn compare_tile(
+    store: &dyn Store,
+    log_id: LogId,
+    tile: layout::TileId,
+    expected: &[u8],
+) -> Result<(), LeafProblem> {
+    let name = format!("tile (level {}, index {})", tile.level, tile.index);
+    let stored = store.get(Space::Tiles, &layout::tile_key(log_id, tile))?;
+    let Some(stored) = stored else {
+        return Err(LeafProblem::Bad(format!("{name} is missing")));
+    };
+    if stored == expected {
+        return Ok(());
+    }
+    let Some(view) = TileView::parse(&stored) else {
+        return Err(LeafProblem::Bad(format!(
+            "{name} is malformed ({} bytes)",
+            stored.len()
+        )));
+    };
+    let want = TileView::parse(expected).expect("recomputed tile parses");
+    if view.width() != want.width() {
+        return Err(LeafProblem::Bad(format!(
+            "{name} has width {}, expected {}",
+            view.width(),
+            want.width()
+        )));
+    }
+    // Name the first wrong node; at level 0 that is a leaf.
+    for rel in 0..layout::TILE_HEIGHT {
+        for pos in 0..layout::nodes_at(want.width(), rel) {
+            if view.node(rel, pos) != want.node(rel, pos) {
+                let node_index = (tile.index << (layout::TILE_HEIGHT - rel)) + pos;
+                let level = tile.level * layout::TILE_HEIGHT + rel;
+                let what = if level == 0 {
+                    format!(
+                        "leaf {node_index}: stored leaf hash differs from BLAKE3 of the leaf bytes"
+                    )
+                } else {
+                    format!(
+                        "tree node (level {level}, index {node_index}) differs from its recomputed hash"
+                    )
+                };
+                let stored_hash = view.node(rel, pos).map(hex::encode).unwrap_or_default();
+                return Err(LeafProblem::Bad(format!(
+                    "{what} (in {name}: stored {stored_hash})"
+                )));
+            }
+        }
+    }
+    Err(LeafProblem::Bad(format!(
+        "{name} differs from its recomputed value"
+    )))
+}
+
+fn check_checkpoints(
+    store: &dyn Store,
+    log_id: LogId,
+    record: &LogRecord,
+    state: &LogState,
+    verifiers: &[VerifierKey],
+    report: &mut LogReport,
+) -> Check {
+    let mut notes: Vec<(u64, Vec<u8>)> = Vec::new();
+    let (start, end) = layout::log_range(log_id);
+    store.scan(
+        Space::Checkpoints,
+        &start,
+        end.as_ref().map(|e| &e[..]),
+        Direction::Forward,
+        &mut |k, v| {
+            notes.push((layout::decode_u64(&k[4..]).unwrap_or(u64::MAX), v.to_vec()));
+            true
+        },
+    )?;
+    let reader = StoreHashReader::new(store, log_id);
+    let mut previous: Option<Checkpoint> = None;
+    let mut seen_sizes = BTreeSet::new();
+    for (size, note) in notes {
+        let name = format!("checkpoint at size {size}");
+        let opened = match checkpoint::open(&note, verifiers) {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(format!("{name}: {e}"))),
+        };
+        let cp = opened.checkpoint;
+        if cp.origin != record.origin {
+            return Ok(Err(format!(
+                "{name}: origin {:?} is not the log's",
+                cp.origin
+            )));
+        }
+        if cp.tree_size != size || !seen_sizes.insert(size) {
+            return Ok(Err(format!("{name}: note says tree size {}", cp.tree_size)));
+        }
+        if size > state.tree_size {
+            return Ok(Err(format!(
+                "{name}: beyond the tree size {}",
+                state.tree_size
+            )));
+        }
+        let root: Hash = match merkle::root(&reader, size) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(format!("{name}: computing root: {e}"))),
+        };
+        if root != cp.root_hash {
+            return Ok(Err(format!(
+                "{name}: signed root {} differs from the root of the stored tree {}",
+                hex::encode(cp.root_hash),
+                hex::encode(root)
+            )));
+        }
+        match (&previous, cp.prev) {
+            (None, None) => {}
+            (None, Some(_)) => return Ok(Err(format!("{name}: first checkpoint has a prev line"))),
+            (Some(_), None) => return Ok(Err(format!("{name}: missing prev line"))),
+            (Some(p), Some(prev)) => {
+                if p.body_hash() != prev {
+                    return Ok(Err(format!(
+                        "{name}: prev does not match the checkpoint at size {} (chain broken)",
+                        p.tree_size
+                    )));
+                }
+                if cp.time < p.time {
+                    return Ok(Err(format!("{name}: time goes backwards")));
+                }
+            }
+        }
+        report.checkpoints_checked += 1;
+        previous = Some(cp);
+    }
+    Ok(Ok(()))
+}

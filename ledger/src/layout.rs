@@ -1,0 +1,459 @@
+//! Every key and value the ledger stores, byte by byte (mirrored in `docs/storage-format.md`).
+//!
+//! All integers are big-endian so that byte order is numeric order and range scans walk a log
+//! in leaf order. A `log_id` is a 4-byte number assigned when a log is first written; the
+//! origin ↔ log_id mapping lives in [`Space::Meta`].
+//!
+//! Bump [`FORMAT_VERSION`] on any incompatible change; the store refuses to open data of
+//! another version.
+
+use crate::merkle::{HASH_LEN, Hash, NodeId};
+
+/// On-disk format version, stored under [`META_FORMAT_VERSION`].
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Tile height: a tile holds 2^8 = 256 nodes of its base level and every node above them
+/// inside the tile (levels +1 … +7), so a proof touches at most one tile per 8 tree levels.
+pub const TILE_HEIGHT: u8 = 8;
+/// Nodes across the base of a full tile.
+pub const TILE_WIDTH: u64 = 1 << TILE_HEIGHT;
+
+/// Key spaces (RocksDB column families).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// Format version, log registry, per-log state.
+    Meta,
+    /// `log_id ‖ leaf_index` → leaf bytes.
+    Leaves,
+    /// `log_id ‖ tile_level ‖ tile_index` → tile value.
+    Tiles,
+    /// `log_id ‖ uuid(16)` → leaf_index.
+    EventIds,
+    /// `log_id ‖ leaf_hash(32)` → leaf_index.
+    LeafHashes,
+    /// `log_id ‖ tree_size` → signed checkpoint note.
+    Checkpoints,
+}
+
+impl Space {
+    pub const ALL: [Space; 6] = [
+        Space::Meta,
+        Space::Leaves,
+        Space::Tiles,
+        Space::EventIds,
+        Space::LeafHashes,
+        Space::Checkpoints,
+    ];
+
+    /// Column family name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Space::Meta => "meta",
+            Space::Leaves => "leaves",
+            Space::Tiles => "tiles",
+            Space::EventIds => "event_ids",
+            Space::LeafHashes => "leaf_hashes",
+            Space::Checkpoints => "checkpoints",
+        }
+    }
+}
+
+/// Numeric id of a log inside one store.
+pub type LogId = u32;
+
+// ---- Meta ----------------------------------------------------------------------------------
+
+/// `"format_version"` → u32 [`FORMAT_VERSION`].
+pub const META_FORMAT_VERSION: &[u8] = b"format_version";
+/// `"next_log_id"` → u32, the id the next new log gets.
+pub const META_NEXT_LOG_ID: &[u8] = b"next_log_id";
+
+const META_ORIGIN_PREFIX: u8 = b'O';
+const META_LOG_PREFIX: u8 = b'L';
+const META_STATE_PREFIX: u8 = b'S';
+
+/// `'O' ‖ origin bytes` → u32 log_id.
+pub fn meta_origin_key(origin: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + origin.len());
+    k.push(META_ORIGIN_PREFIX);
+    k.extend_from_slice(origin.as_bytes());
+    k
+}
+
+/// `'L' ‖ log_id` → [`LogRecord`].
+pub fn meta_log_key(log_id: LogId) -> [u8; 5] {
+    prefixed(META_LOG_PREFIX, log_id)
+}
+
+/// First and one-past-last keys of every `'L'` record.
+pub fn meta_log_range() -> ([u8; 1], [u8; 1]) {
+    ([META_LOG_PREFIX], [META_LOG_PREFIX + 1])
+}
+
+/// `'S' ‖ log_id` → [`LogState`], rewritten by every commit that appends to the log.
+pub fn meta_state_key(log_id: LogId) -> [u8; 5] {
+    prefixed(META_STATE_PREFIX, log_id)
+}
+
+fn prefixed(prefix: u8, log_id: LogId) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&log_id.to_be_bytes());
+    k
+}
+
+/// Parses the log_id out of a `'L'` key.
+pub fn parse_meta_log_key(key: &[u8]) -> Option<LogId> {
+    match key {
+        [META_LOG_PREFIX, a, b, c, d] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+/// Identity of a log, written once when the log is created.
+///
+/// Value: `version u8 (=1) ‖ segment_bits u8 ‖ created_at u64 (unix nanos) ‖
+/// tenant_len u16 ‖ tenant ‖ env_len u16 ‖ environment ‖ origin_len u16 ‖ origin`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    pub segment_bits: u8,
+    pub created_at: u64,
+    pub tenant_id: String,
+    pub environment: String,
+    pub origin: String,
+}
+
+impl LogRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = vec![1u8, self.segment_bits];
+        v.extend_from_slice(&self.created_at.to_be_bytes());
+        for s in [&self.tenant_id, &self.environment, &self.origin] {
+            v.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            v.extend_from_slice(s.as_bytes());
+        }
+        v
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<LogRecord> {
+        let mut r = Reader(bytes);
+        if r.u8()? != 1 {
+            return None;
+        }
+        let segment_bits = r.u8()?;
+        let created_at = r.u64()?;
+        let tenant_id = r.string()?;
+        let environment = r.string()?;
+        let origin = r.string()?;
+        r.0.is_empty().then_some(LogRecord {
+            segment_bits,
+            created_at,
+            tenant_id,
+            environment,
+            origin,
+        })
+    }
+}
+
+/// Mutable per-log state, written in the same batch as the leaves it describes.
+///
+/// Value: `tree_size u64 ‖ last_logged_at u64` (16 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogState {
+    pub tree_size: u64,
+    pub last_logged_at: u64,
+}
+
+impl LogState {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&self.tree_size.to_be_bytes());
+        v[8..].copy_from_slice(&self.last_logged_at.to_be_bytes());
+        v
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<LogState> {
+        let mut r = Reader(bytes);
+        let state = LogState {
+            tree_size: r.u64()?,
+            last_logged_at: r.u64()?,
+        };
+        r.0.is_empty().then_some(state)
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn string(&mut self) -> Option<String> {
+        let len = self.u16()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
+/// Decodes a big-endian u32 value.
+pub fn decode_u32(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Decodes a big-endian u64 value.
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+// ---- Leaves, event ids, leaf hashes, checkpoints -------------------------------------------
+
+/// `log_id u32 ‖ leaf_index u64` (12 bytes) → leaf bytes.
+pub fn leaf_key(log_id: LogId, leaf_index: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&log_id.to_be_bytes());
+    k[4..].copy_from_slice(&leaf_index.to_be_bytes());
+    k
+}
+
+/// Parses a leaf key.
+pub fn parse_leaf_key(key: &[u8]) -> Option<(LogId, u64)> {
+    if key.len() != 12 {
+        return None;
+    }
+    Some((decode_u32(&key[..4])?, decode_u64(&key[4..])?))
+}
+
+/// `log_id u32 ‖ uuid [16]` (20 bytes) → leaf_index u64.
+pub fn event_id_key(log_id: LogId, uuid: &[u8; 16]) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&log_id.to_be_bytes());
+    k[4..].copy_from_slice(uuid);
+    k
+}
+
+/// `log_id u32 ‖ leaf_hash [32]` (36 bytes) → leaf_index u64.
+pub fn leaf_hash_key(log_id: LogId, leaf_hash: &Hash) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..4].copy_from_slice(&log_id.to_be_bytes());
+    k[4..].copy_from_slice(leaf_hash);
+    k
+}
+
+/// `log_id u32 ‖ tree_size u64` (12 bytes) → signed checkpoint note (UTF-8).
+pub fn checkpoint_key(log_id: LogId, tree_size: u64) -> [u8; 12] {
+    leaf_key(log_id, tree_size)
+}
+
+/// Every key of a log in spaces keyed by `log_id ‖ …`: `[log_id, log_id + 1)` as prefixes.
+pub fn log_range(log_id: LogId) -> ([u8; 4], Option<[u8; 4]>) {
+    (
+        log_id.to_be_bytes(),
+        log_id.checked_add(1).map(u32::to_be_bytes),
+    )
+}
+
+// ---- Tiles ---------------------------------------------------------------------------------
+
+/// Identifies a tile: `level` counts tile levels (tree level = 8 × level), `index` counts
+/// tiles of that level from the left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TileId {
+    pub level: u8,
+    pub index: u64,
+}
+
+/// `log_id u32 ‖ tile_level u8 ‖ tile_index u64` (13 bytes) → tile value.
+pub fn tile_key(log_id: LogId, tile: TileId) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..4].copy_from_slice(&log_id.to_be_bytes());
+    k[4] = tile.level;
+    k[5..].copy_from_slice(&tile.index.to_be_bytes());
+    k
+}
+
+pub fn parse_tile_key(key: &[u8]) -> Option<(LogId, TileId)> {
+    if key.len() != 13 {
+        return None;
+    }
+    Some((
+        decode_u32(&key[..4])?,
+        TileId {
+            level: key[4],
+            index: decode_u64(&key[5..])?,
+        },
+    ))
+}
+
+/// Where a tree node lives: its tile, and (relative level, position) inside the tile.
+pub fn node_location(node: NodeId) -> (TileId, u8, u64) {
+    let tile_level = node.level / TILE_HEIGHT;
+    let rel_level = node.level % TILE_HEIGHT;
+    // Nodes of `rel_level` per tile: 2^(8 - rel_level).
+    let per_tile_shift = TILE_HEIGHT - rel_level;
+    let tile = TileId {
+        level: tile_level,
+        index: node.index >> per_tile_shift,
+    };
+    (tile, rel_level, node.index & ((1 << per_tile_shift) - 1))
+}
+
+/// Number of complete nodes at relative level `rel_level` in a tile of `width` base nodes.
+pub const fn nodes_at(width: u64, rel_level: u8) -> u64 {
+    width >> rel_level
+}
+
+/// Offset (in hashes) of relative level `rel_level`'s first node in a tile value of `width`.
+pub fn level_offset(width: u64, rel_level: u8) -> u64 {
+    (0..rel_level).map(|r| nodes_at(width, r)).sum()
+}
+
+/// Total hashes stored for a tile of `width` base nodes.
+pub fn tile_hash_count(width: u64) -> u64 {
+    level_offset(width, TILE_HEIGHT)
+}
+
+/// A tile value: `width u16 ‖ level 0 hashes ‖ level 1 hashes ‖ … ‖ level 7 hashes`, where
+/// relative level r holds the ⌊width / 2^r⌋ complete nodes of that level, left to right.
+/// `width` is 1..=256. A partial tile (the right edge of the tree) is rewritten as it grows;
+/// nodes already in it never change.
+#[derive(Clone, Copy, Debug)]
+pub struct TileView<'a> {
+    width: u64,
+    hashes: &'a [u8],
+}
+
+impl<'a> TileView<'a> {
+    /// Checks the header and length.
+    pub fn parse(value: &'a [u8]) -> Option<TileView<'a>> {
+        if value.len() < 2 {
+            return None;
+        }
+        let width = u16::from_be_bytes([value[0], value[1]]) as u64;
+        if width == 0 || width > TILE_WIDTH {
+            return None;
+        }
+        let hashes = &value[2..];
+        (hashes.len() as u64 == tile_hash_count(width) * HASH_LEN as u64)
+            .then_some(TileView { width, hashes })
+    }
+
+    pub fn width(&self) -> u64 {
+        self.width
+    }
+
+    /// Node at relative level `rel_level`, position `pos`, if complete in this tile.
+    pub fn node(&self, rel_level: u8, pos: u64) -> Option<Hash> {
+        if rel_level >= TILE_HEIGHT || pos >= nodes_at(self.width, rel_level) {
+            return None;
+        }
+        let at = ((level_offset(self.width, rel_level) + pos) as usize) * HASH_LEN;
+        self.hashes.get(at..at + HASH_LEN)?.try_into().ok()
+    }
+
+    /// Base-level hashes.
+    pub fn base(&self) -> impl Iterator<Item = Hash> + '_ {
+        (0..self.width).filter_map(|p| self.node(0, p))
+    }
+}
+
+/// Builds a tile value from its base-level hashes, computing the inner levels.
+pub fn encode_tile(base: &[Hash]) -> Vec<u8> {
+    let width = base.len() as u64;
+    assert!(
+        width > 0 && width <= TILE_WIDTH,
+        "tile width {width} out of range"
+    );
+    let mut out = Vec::with_capacity(2 + tile_hash_count(width) as usize * HASH_LEN);
+    out.extend_from_slice(&(width as u16).to_be_bytes());
+    let mut level: Vec<Hash> = base.to_vec();
+    for _ in 0..TILE_HEIGHT {
+        for h in &level {
+            out.extend_from_slice(h);
+        }
+        level = level
+            .chunks_exact(2)
+            .map(|pair| crate::merkle::node_hash(&pair[0], &pair[1]))
+            .collect();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::{MemoryTree, leaf_hash};
+
+    #[test]
+    fn node_locations() {
+        assert_eq!(
+            node_location(NodeId::new(0, 300)),
+            (TileId { level: 0, index: 1 }, 0, 44)
+        );
+        assert_eq!(
+            node_location(NodeId::new(3, 33)),
+            (TileId { level: 0, index: 1 }, 3, 1)
+        );
+        assert_eq!(
+            node_location(NodeId::new(8, 5)),
+            (TileId { level: 1, index: 0 }, 0, 5)
+        );
+        assert_eq!(
+            node_location(NodeId::new(17, 3)),
+            (TileId { level: 2, index: 0 }, 1, 3)
+        );
+    }
+
+    #[test]
+    fn tiles_hold_every_inner_node() {
+        let mut tree = MemoryTree::new();
+        let base: Vec<Hash> = (0..200u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for h in &base {
+            tree.append(*h);
+        }
+        let value = encode_tile(&base);
+        let view = TileView::parse(&value).unwrap();
+        for rel in 0..TILE_HEIGHT {
+            for pos in 0..(200u64 >> rel) {
+                assert_eq!(view.node(rel, pos), tree.node(NodeId::new(rel, pos)));
+            }
+            assert_eq!(
+                view.node(rel, 200 >> rel),
+                None,
+                "incomplete node must be absent"
+            );
+        }
+        assert!(TileView::parse(&value[..value.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let rec = LogRecord {
+            segment_bits: 16,
+            created_at: 42,
+            tenant_id: "acme".into(),
+            environment: "prod".into(),
+            origin: "auditledger.local/acme/prod".into(),
+        };
+        assert_eq!(LogRecord::decode(&rec.encode()), Some(rec.clone()));
+        let mut trailing = rec.encode();
+        trailing.push(0);
+        assert_eq!(LogRecord::decode(&trailing), None);
+        let state = LogState {
+            tree_size: 7,
+            last_logged_at: 9,
+        };
+        assert_eq!(LogState::decode(&state.encode()), Some(state));
+    }
+}

@@ -1,0 +1,1158 @@
+//! The ledger: opens a store, runs the sequencer (group commit) and the checkpointer, and
+//! answers reads — checkpoints, proofs, leaves — for every (tenant, environment) log.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::LedgerError;
+use crate::event::{self, AuditEvent, EventId, SYSTEM_TENANT};
+use crate::keys::Keyring;
+use crate::layout::{self, FORMAT_VERSION, LogId, LogRecord, LogState, Space};
+use crate::merkle::{self, Hash, HashReader, NodeId};
+use crate::metrics::LedgerMetrics;
+use crate::sequencer::{PreparedEvent, Sequencer, Submission};
+use crate::store::{Direction, Store, WriteBatch};
+use crate::tiles::StoreHashReader;
+
+/// Ledger settings (the service maps its config file onto these).
+#[derive(Clone, Debug)]
+pub struct LedgerOptions {
+    /// First part of every origin line: `<origin_prefix>/<tenant>/<environment>`.
+    pub origin_prefix: String,
+    /// Environments events may name.
+    pub environments: Vec<String>,
+    /// A log that grew gets a new checkpoint within this interval.
+    pub checkpoint_interval: Duration,
+    /// Segment size 2^bits for logs created from now on (used by the archiver).
+    pub segment_bits: u8,
+    /// Largest encoded event.
+    pub max_event_bytes: usize,
+    /// Soft cap on the event bytes of one group commit.
+    pub max_commit_bytes: usize,
+    /// Event bytes accepted but not yet acknowledged; appends wait beyond this (backpressure).
+    pub max_inflight_bytes: usize,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        LedgerOptions {
+            origin_prefix: "auditledger.local".into(),
+            environments: vec!["dev".into(), "staging".into(), "prod".into()],
+            checkpoint_interval: Duration::from_secs(1),
+            segment_bits: 16,
+            max_event_bytes: 64 << 10,
+            max_commit_bytes: 8 << 20,
+            max_inflight_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Source of server time (an argument so tests can control it).
+pub trait Clock: Send + Sync + 'static {
+    /// Unix time in nanoseconds.
+    fn now_nanos(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_nanos(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64)
+    }
+}
+
+/// Which log: a tenant and an environment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogKey {
+    pub tenant_id: String,
+    pub environment: String,
+}
+
+impl LogKey {
+    pub fn new(tenant_id: impl Into<String>, environment: impl Into<String>) -> Self {
+        LogKey {
+            tenant_id: tenant_id.into(),
+            environment: environment.into(),
+        }
+    }
+}
+
+/// Proof of durable append of one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub origin: Arc<str>,
+    pub event_id: EventId,
+    pub leaf_index: u64,
+    pub leaf_hash: Hash,
+    /// The event id was already in the log; this is the original receipt.
+    pub duplicate: bool,
+    /// For duplicates: whether the re-sent event differs from the stored one (`None` when the
+    /// stored content is no longer hot and was not compared).
+    pub content_differs: Option<bool>,
+}
+
+/// A signed checkpoint and its parsed body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub checkpoint: Checkpoint,
+    /// The whole signed note.
+    pub note: String,
+}
+
+impl SignedCheckpoint {
+    /// Parses a stored note (our own data: signatures are checked by fsck, not here).
+    pub fn from_note(note: String) -> Result<Self, LedgerError> {
+        let parsed = crate::note::Note::parse(note.as_bytes())
+            .map_err(crate::checkpoint::CheckpointError::from)?;
+        let checkpoint = Checkpoint::parse_body(parsed.text())?;
+        Ok(SignedCheckpoint { checkpoint, note })
+    }
+}
+
+/// A batch queued for the sequencer; [`PendingAppend::wait`] yields its receipts once durable.
+#[derive(Debug)]
+pub struct PendingAppend(Option<oneshot::Receiver<Result<Vec<Receipt>, LedgerError>>>);
+
+impl PendingAppend {
+    pub async fn wait(self) -> Result<Vec<Receipt>, LedgerError> {
+        match self.0 {
+            None => Ok(Vec::new()),
+            Some(rx) => rx.await.map_err(|_| {
+                LedgerError::Unavailable("sequencer stopped before answering".into())
+            })?,
+        }
+    }
+}
+
+/// Shared, read-mostly facts about one log.
+pub(crate) struct LogInfo {
+    pub log_id: LogId,
+    pub key: LogKey,
+    pub record: LogRecord,
+    pub origin: Arc<str>,
+    /// Every leaf below this index is durable and hashed into the tiles.
+    pub durable_size: AtomicU64,
+    /// Unix nanos when the log first grew past its latest checkpoint (0 = it has not).
+    pub pending_since: AtomicU64,
+    pub checkpoint: watch::Sender<Option<Arc<SignedCheckpoint>>>,
+}
+
+impl LogInfo {
+    pub(crate) fn new(
+        log_id: LogId,
+        key: LogKey,
+        record: LogRecord,
+        latest: Option<SignedCheckpoint>,
+    ) -> Self {
+        LogInfo {
+            log_id,
+            origin: Arc::from(record.origin.as_str()),
+            key,
+            record,
+            durable_size: AtomicU64::new(0),
+            pending_since: AtomicU64::new(0),
+            checkpoint: watch::Sender::new(latest.map(Arc::new)),
+        }
+    }
+}
+
+/// Wakes the checkpointer early (on demand, at shutdown).
+#[derive(Default)]
+pub(crate) struct Wake {
+    flag: Mutex<(bool, bool)>, // (wake requested, stop)
+    cond: Condvar,
+}
+
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub options: LedgerOptions,
+    pub keyring: Arc<RwLock<Keyring>>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: LedgerMetrics,
+    logs: RwLock<HashMap<LogKey, Arc<LogInfo>>>,
+    failure: Mutex<Option<String>>,
+    /// Serialises checkpoint signing so each log's `prev` chain has one writer.
+    sign_lock: Mutex<()>,
+    wake: Wake,
+}
+
+impl Shared {
+    pub(crate) fn all_logs(&self) -> Vec<Arc<LogInfo>> {
+        let mut logs: Vec<_> = self.read_logs().values().cloned().collect();
+        logs.sort_by_key(|l| l.log_id);
+        logs
+    }
+
+    fn read_logs(&self) -> std::sync::RwLockReadGuard<'_, HashMap<LogKey, Arc<LogInfo>>> {
+        self.logs.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register_log(&self, info: Arc<LogInfo>) {
+        self.logs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.key.clone(), info);
+    }
+
+    pub(crate) fn origin_for(&self, key: &LogKey) -> String {
+        format!(
+            "{}/{}/{}",
+            self.options.origin_prefix, key.tenant_id, key.environment
+        )
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_failure(&self, reason: String) {
+        tracing::error!(%reason, "ledger stops accepting appends");
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    pub(crate) fn load_state(&self, log_id: LogId) -> Result<LogState, LedgerError> {
+        match self
+            .store
+            .get(Space::Meta, &layout::meta_state_key(log_id))?
+        {
+            None => Ok(LogState::default()),
+            Some(v) => LogState::decode(&v).ok_or_else(|| {
+                LedgerError::Corrupt(format!(
+                    "log {log_id}: state record has {} bytes, want 16",
+                    v.len()
+                ))
+            }),
+        }
+    }
+
+    /// Signs a checkpoint for every log that grew since its last one. Returns how many.
+    pub(crate) fn checkpoint_pass(&self) -> Result<usize, LedgerError> {
+        let _guard = self.sign_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now_nanos = self.clock.now_nanos();
+        let now_secs = now_nanos / 1_000_000_000;
+        let mut batch = WriteBatch::new();
+        let mut signed: Vec<(Arc<LogInfo>, SignedCheckpoint)> = Vec::new();
+        let signers = self
+            .keyring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .active_signers(now_secs);
+        for info in self.all_logs() {
+            let size = info.durable_size.load(Ordering::Acquire);
+            let latest = info.checkpoint.borrow().clone();
+            if latest
+                .as_ref()
+                .map_or(size == 0, |c| c.checkpoint.tree_size >= size)
+            {
+                continue;
+            }
+            if signers.is_empty() {
+                self.metrics
+                    .checkpoint_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(LedgerError::Unavailable(
+                    "no active signing key in the keyring: cannot sign checkpoints (add or rotate a key)".into(),
+                ));
+            }
+            let reader = StoreHashReader::new(self.store.as_ref(), info.log_id);
+            let root = merkle::root(&reader, size)?;
+            let checkpoint = Checkpoint {
+                origin: info.origin.to_string(),
+                tree_size: size,
+                root_hash: root,
+                time: Some(
+                    latest
+                        .as_ref()
+                        .and_then(|c| c.checkpoint.time)
+                        .map_or(now_secs, |t| t.max(now_secs)),
+                ),
+                prev: latest.as_ref().map(|c| c.checkpoint.body_hash()),
+                other_extensions: Vec::new(),
+            };
+            let note = checkpoint.sign(&signers)?;
+            batch.put(
+                Space::Checkpoints,
+                layout::checkpoint_key(info.log_id, size).to_vec(),
+                note.clone().into_bytes(),
+            );
+            signed.push((info, SignedCheckpoint { checkpoint, note }));
+        }
+        if signed.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.store.write(batch, true) {
+            self.metrics
+                .checkpoint_failures
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        let count = signed.len();
+        for (info, cp) in signed {
+            let size = cp.checkpoint.tree_size;
+            let since = if info.durable_size.load(Ordering::Acquire) == size {
+                info.pending_since.swap(0, Ordering::AcqRel)
+            } else {
+                info.pending_since.swap(now_nanos, Ordering::AcqRel)
+            };
+            if since != 0 {
+                let lag = self.clock.now_nanos().saturating_sub(since);
+                self.metrics
+                    .checkpoint_lag
+                    .observe(Duration::from_nanos(lag));
+            }
+            info.checkpoint.send_replace(Some(Arc::new(cp)));
+        }
+        self.metrics
+            .checkpoints
+            .fetch_add(count as u64, Ordering::Relaxed);
+        Ok(count)
+    }
+}
+
+/// The ledger. Dropping it shuts down cleanly (drains appends, signs a final checkpoint).
+pub struct Ledger {
+    shared: Arc<Shared>,
+    submit: RwLock<Option<mpsc::Sender<Submission>>>,
+    inflight: Arc<Semaphore>,
+    inflight_permits: u32,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("logs", &self.shared.read_logs().len())
+            .finish()
+    }
+}
+
+const PERMIT_BYTES: usize = 1024;
+
+impl Ledger {
+    /// Opens the ledger on `store` with the system clock.
+    pub fn open(
+        store: Arc<dyn Store>,
+        keyring: Arc<RwLock<Keyring>>,
+        options: LedgerOptions,
+    ) -> Result<Ledger, LedgerError> {
+        Self::open_with_clock(store, keyring, options, Arc::new(SystemClock))
+    }
+
+    pub fn open_with_clock(
+        store: Arc<dyn Store>,
+        keyring: Arc<RwLock<Keyring>>,
+        options: LedgerOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Ledger, LedgerError> {
+        check_format_version(store.as_ref())?;
+        let (logs, next_log_id) = load_logs(store.as_ref())?;
+        let inflight_permits =
+            (options.max_inflight_bytes / PERMIT_BYTES).clamp(1, u32::MAX as usize >> 4) as u32;
+        let shared = Arc::new(Shared {
+            store,
+            options,
+            keyring,
+            clock,
+            metrics: LedgerMetrics::default(),
+            logs: RwLock::new(logs.into_iter().map(|l| (l.key.clone(), l)).collect()),
+            failure: Mutex::new(None),
+            sign_lock: Mutex::new(()),
+            wake: Wake::default(),
+        });
+        let sequencer = Sequencer::new(shared.clone(), next_log_id)?;
+        let (tx, rx) = mpsc::channel(4096);
+        let mut threads = Vec::new();
+        threads.push(
+            std::thread::Builder::new()
+                .name("auditledger-sequencer".into())
+                .spawn(move || sequencer.run(rx))
+                .map_err(|e| LedgerError::Unavailable(format!("starting sequencer thread: {e}")))?,
+        );
+        let cp_shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("auditledger-checkpointer".into())
+                .spawn(move || run_checkpointer(cp_shared))
+                .map_err(|e| {
+                    LedgerError::Unavailable(format!("starting checkpointer thread: {e}"))
+                })?,
+        );
+        Ok(Ledger {
+            shared,
+            submit: RwLock::new(Some(tx)),
+            inflight: Arc::new(Semaphore::new(inflight_permits as usize)),
+            inflight_permits,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    pub fn options(&self) -> &LedgerOptions {
+        &self.shared.options
+    }
+
+    pub fn metrics(&self) -> &LedgerMetrics {
+        &self.shared.metrics
+    }
+
+    pub fn keyring(&self) -> &Arc<RwLock<Keyring>> {
+        &self.shared.keyring
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Origin line of a log (whether or not it exists yet).
+    pub fn origin_for(&self, key: &LogKey) -> String {
+        self.shared.origin_for(key)
+    }
+
+    /// Validates and encodes a batch; any invalid event rejects the whole batch.
+    fn prepare(
+        &self,
+        events: &[AuditEvent],
+        system: bool,
+    ) -> Result<Vec<PreparedEvent>, LedgerError> {
+        let opts = &self.shared.options;
+        let mut prepared = Vec::with_capacity(events.len());
+        for (event_index, ev) in events.iter().enumerate() {
+            let invalid = |field: &'static str, reason: String| LedgerError::InvalidEvent {
+                event_index,
+                field,
+                reason,
+            };
+            let checked = if system && ev.tenant_id == SYSTEM_TENANT {
+                let mut copy = ev.clone();
+                copy.tenant_id = "system".into();
+                event::validate(&copy, opts.max_event_bytes)
+            } else if !system {
+                event::validate(ev, opts.max_event_bytes)
+            } else {
+                return Err(invalid(
+                    "tenant_id",
+                    format!("system events must use tenant {SYSTEM_TENANT:?}"),
+                ));
+            };
+            let event_id = checked.map_err(|e| invalid(e.field, e.reason))?;
+            if !opts.environments.iter().any(|e| e == &ev.environment) {
+                return Err(invalid(
+                    "environment",
+                    format!(
+                        "{:?} is not a configured environment ({})",
+                        ev.environment,
+                        opts.environments.join(", ")
+                    ),
+                ));
+            }
+            prepared.push(PreparedEvent {
+                log: LogKey::new(ev.tenant_id.clone(), ev.environment.clone()),
+                event_id,
+                event_bytes: event::encode_event(ev),
+            });
+        }
+        Ok(prepared)
+    }
+
+    /// Appends a batch of events as `principal`. Returns one receipt per event, in order, once
+    /// every new event is durable. All-or-nothing.
+    pub async fn append(
+        &self,
+        principal: &str,
+        events: &[AuditEvent],
+    ) -> Result<Vec<Receipt>, LedgerError> {
+        self.submit(principal, events).await?.wait().await
+    }
+
+    /// Validates a batch and queues it for the sequencer; returns once it is queued. Batches
+    /// submitted one after another by the same caller get increasing leaf indexes, so a stream
+    /// can keep many batches in flight and still have them logged in the order it sent them.
+    pub async fn submit(
+        &self,
+        principal: &str,
+        events: &[AuditEvent],
+    ) -> Result<PendingAppend, LedgerError> {
+        let prepared = self.prepare(events, false)?;
+        self.enqueue(principal, prepared).await
+    }
+
+    /// Appends ledger-generated events to the system log of their environment.
+    pub async fn append_system(&self, events: &[AuditEvent]) -> Result<Vec<Receipt>, LedgerError> {
+        let prepared = self.prepare(events, true)?;
+        self.enqueue("auditledger", prepared).await?.wait().await
+    }
+
+    /// [`Ledger::append`] for threads outside an async runtime (parks the calling thread).
+    pub fn append_blocking(
+        &self,
+        principal: &str,
+        events: &[AuditEvent],
+    ) -> Result<Vec<Receipt>, LedgerError> {
+        block_on(self.append(principal, events))
+    }
+
+    async fn enqueue(
+        &self,
+        principal: &str,
+        events: Vec<PreparedEvent>,
+    ) -> Result<PendingAppend, LedgerError> {
+        if events.is_empty() {
+            return Ok(PendingAppend(None));
+        }
+        if let Some(reason) = self.shared.failure() {
+            return Err(LedgerError::Unavailable(reason));
+        }
+        let bytes: usize = events.iter().map(|e| e.event_bytes.len()).sum();
+        let permits = (bytes / PERMIT_BYTES).clamp(1, self.inflight_permits as usize) as u32;
+        let permit = self
+            .inflight
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| LedgerError::Unavailable("ledger is shutting down".into()))?;
+        let sender = self
+            .submit
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| LedgerError::Unavailable("ledger is shutting down".into()))?;
+        let (reply, rx) = oneshot::channel();
+        sender
+            .send(Submission {
+                principal: Arc::from(principal),
+                events,
+                reply,
+                _permit: Some(permit),
+            })
+            .await
+            .map_err(|_| LedgerError::Unavailable("ledger is shutting down".into()))?;
+        Ok(PendingAppend(Some(rx)))
+    }
+
+    /// The log of a tenant and environment, if anything was ever appended to it.
+    pub fn log(&self, tenant_id: &str, environment: &str) -> Option<Log> {
+        let key = LogKey::new(tenant_id, environment);
+        self.shared.read_logs().get(&key).map(|info| Log {
+            shared: self.shared.clone(),
+            info: info.clone(),
+        })
+    }
+
+    /// Every log, ordered by creation.
+    pub fn logs(&self) -> Vec<Log> {
+        self.shared
+            .all_logs()
+            .into_iter()
+            .map(|info| Log {
+                shared: self.shared.clone(),
+                info,
+            })
+            .collect()
+    }
+
+    /// Signs checkpoints now for every log that grew (instead of waiting for the interval).
+    pub fn checkpoint_now(&self) -> Result<usize, LedgerError> {
+        self.shared.checkpoint_pass()
+    }
+
+    /// Why appends are refused, if they are.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
+    /// Stops accepting appends, commits what was accepted, signs final checkpoints and stops
+    /// the background threads. Idempotent.
+    pub fn close(&self) -> Result<(), LedgerError> {
+        let sender = self
+            .submit
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(sender);
+        let threads: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        if threads.is_empty() {
+            return Ok(());
+        }
+        let mut threads = threads.into_iter();
+        if let Some(sequencer) = threads.next() {
+            let _ = sequencer.join();
+        }
+        {
+            let mut flag = self
+                .shared
+                .wake
+                .flag
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            flag.1 = true;
+            self.shared.wake.cond.notify_all();
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let result = self.shared.checkpoint_pass().map(|_| ());
+        self.shared.store.sync()?;
+        result
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(error = %e, "final checkpoint at shutdown failed");
+        }
+    }
+}
+
+/// Runs a future to completion on the current thread. The append path only waits on tokio
+/// channels and semaphores, which need no runtime, so parking the thread is enough.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct ThreadWaker(std::thread::Thread);
+    impl std::task::Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
+fn run_checkpointer(shared: Arc<Shared>) {
+    loop {
+        {
+            let interval = shared.options.checkpoint_interval;
+            let guard = shared.wake.flag.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut guard, _) = shared
+                .wake
+                .cond
+                .wait_timeout_while(guard, interval, |f| !f.0 && !f.1)
+                .unwrap_or_else(|p| p.into_inner());
+            if guard.1 {
+                return;
+            }
+            guard.0 = false;
+        }
+        if let Err(e) = shared.checkpoint_pass() {
+            tracing::error!(error = %e, "checkpoint pass failed");
+            // Back off a little so a persistent failure does not spin.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn check_format_version(store: &dyn Store) -> Result<(), LedgerError> {
+    match store.get(Space::Meta, layout::META_FORMAT_VERSION)? {
+        Some(v) => match layout::decode_u32(&v) {
+            Some(FORMAT_VERSION) => Ok(()),
+            Some(other) => Err(LedgerError::Store(crate::store::StoreError::Unusable(
+                format!(
+                    "data is format version {other}; this build reads version {FORMAT_VERSION}"
+                ),
+            ))),
+            None => Err(LedgerError::Corrupt(
+                "format_version record is not 4 bytes".into(),
+            )),
+        },
+        None => {
+            let mut any = false;
+            for space in Space::ALL {
+                store.scan(space, &[], None, Direction::Forward, &mut |_, _| {
+                    any = true;
+                    false
+                })?;
+            }
+            if any {
+                return Err(LedgerError::Corrupt(
+                    "store holds data but no format_version record; refusing to guess its format"
+                        .into(),
+                ));
+            }
+            let mut b = WriteBatch::new();
+            b.put(
+                Space::Meta,
+                layout::META_FORMAT_VERSION.to_vec(),
+                FORMAT_VERSION.to_be_bytes().to_vec(),
+            );
+            store.write(b, true)?;
+            Ok(())
+        }
+    }
+}
+
+fn load_logs(store: &dyn Store) -> Result<(Vec<Arc<LogInfo>>, LogId), LedgerError> {
+    let mut records: Vec<(LogId, LogRecord)> = Vec::new();
+    let mut bad = None;
+    let (start, end) = layout::meta_log_range();
+    store.scan(
+        Space::Meta,
+        &start,
+        Some(&end),
+        Direction::Forward,
+        &mut |k, v| {
+            match (layout::parse_meta_log_key(k), LogRecord::decode(v)) {
+                (Some(id), Some(rec)) => records.push((id, rec)),
+                _ => bad = Some(format!("malformed log record under key {}", hex::encode(k))),
+            }
+            bad.is_none()
+        },
+    )?;
+    if let Some(b) = bad {
+        return Err(LedgerError::Corrupt(b));
+    }
+    let next_log_id = match store.get(Space::Meta, layout::META_NEXT_LOG_ID)? {
+        Some(v) => layout::decode_u32(&v)
+            .ok_or_else(|| LedgerError::Corrupt("next_log_id is not 4 bytes".into()))?,
+        None => 0,
+    };
+    let mut logs = Vec::new();
+    for (log_id, record) in records {
+        if log_id >= next_log_id {
+            return Err(LedgerError::Corrupt(format!(
+                "log id {log_id} is not below next_log_id {next_log_id}"
+            )));
+        }
+        let state = match store.get(Space::Meta, &layout::meta_state_key(log_id))? {
+            Some(v) => LogState::decode(&v)
+                .ok_or_else(|| LedgerError::Corrupt(format!("log {log_id}: malformed state")))?,
+            None => LogState::default(),
+        };
+        if store
+            .get(Space::Leaves, &layout::leaf_key(log_id, state.tree_size))?
+            .is_some()
+        {
+            return Err(LedgerError::Corrupt(format!(
+                "log {}: a leaf exists at index {} beyond the recorded tree size",
+                record.origin, state.tree_size
+            )));
+        }
+        let latest = latest_stored_checkpoint(store, log_id)?;
+        if let Some(cp) = &latest
+            && cp.checkpoint.tree_size > state.tree_size
+        {
+            return Err(LedgerError::Corrupt(format!(
+                "log {}: checkpoint of size {} is beyond the tree size {}",
+                record.origin, cp.checkpoint.tree_size, state.tree_size
+            )));
+        }
+        let key = LogKey::new(record.tenant_id.clone(), record.environment.clone());
+        let info = LogInfo::new(log_id, key, record, latest);
+        info.durable_size.store(state.tree_size, Ordering::Release);
+        logs.push(Arc::new(info));
+    }
+    Ok((logs, next_log_id))
+}
+
+fn latest_stored_checkpoint(
+    store: &dyn Store,
+    log_id: LogId,
+) -> Result<Option<SignedCheckpoint>, LedgerError> {
+    let (start, end) = layout::log_range(log_id);
+    let mut note = None;
+    store.scan(
+        Space::Checkpoints,
+        &start,
+        end.as_ref().map(|e| &e[..]),
+        Direction::Reverse,
+        &mut |_, v| {
+            note = Some(v.to_vec());
+            false
+        },
+    )?;
+    note.map(|n| {
+        let text = String::from_utf8(n)
+            .map_err(|_| LedgerError::Corrupt(format!("log {log_id}: checkpoint is not UTF-8")))?;
+        SignedCheckpoint::from_note(text)
+    })
+    .transpose()
+}
+
+/// A handle on one log for reads.
+#[derive(Clone)]
+pub struct Log {
+    shared: Arc<Shared>,
+    info: Arc<LogInfo>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("origin", &self.info.origin)
+            .field("tree_size", &self.tree_size())
+            .finish()
+    }
+}
+
+impl Log {
+    pub fn origin(&self) -> &str {
+        &self.info.origin
+    }
+
+    pub fn key(&self) -> &LogKey {
+        &self.info.key
+    }
+
+    pub fn log_id(&self) -> LogId {
+        self.info.log_id
+    }
+
+    /// Segment size exponent recorded when the log was created.
+    pub fn segment_bits(&self) -> u8 {
+        self.info.record.segment_bits
+    }
+
+    /// Unix nanos when the log was created.
+    pub fn created_at(&self) -> u64 {
+        self.info.record.created_at
+    }
+
+    /// Number of durable leaves.
+    pub fn tree_size(&self) -> u64 {
+        self.info.durable_size.load(Ordering::Acquire)
+    }
+
+    /// A [`HashReader`] over this log's stored tiles.
+    pub fn hash_reader(&self) -> StoreHashReader<'_> {
+        StoreHashReader::new(self.shared.store.as_ref(), self.info.log_id)
+    }
+
+    /// The latest signed checkpoint.
+    pub fn latest_checkpoint(&self) -> Option<Arc<SignedCheckpoint>> {
+        self.info.checkpoint.borrow().clone()
+    }
+
+    /// The checkpoint signed at exactly `tree_size`.
+    pub fn checkpoint_at(&self, tree_size: u64) -> Result<Arc<SignedCheckpoint>, LedgerError> {
+        if let Some(latest) = self.latest_checkpoint()
+            && latest.checkpoint.tree_size == tree_size
+        {
+            return Ok(latest);
+        }
+        let note = self
+            .shared
+            .store
+            .get(
+                Space::Checkpoints,
+                &layout::checkpoint_key(self.info.log_id, tree_size),
+            )?
+            .ok_or_else(|| {
+                LedgerError::NotFound(format!(
+                    "{}: no checkpoint at tree size {tree_size}",
+                    self.info.origin
+                ))
+            })?;
+        let text = String::from_utf8(note)
+            .map_err(|_| LedgerError::Corrupt("checkpoint is not UTF-8".into()))?;
+        Ok(Arc::new(SignedCheckpoint::from_note(text)?))
+    }
+
+    /// Every stored checkpoint, oldest first.
+    pub fn checkpoints(
+        &self,
+        visit: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), LedgerError> {
+        let (start, end) = layout::log_range(self.info.log_id);
+        self.shared.store.scan(
+            Space::Checkpoints,
+            &start,
+            end.as_ref().map(|e| &e[..]),
+            Direction::Forward,
+            &mut |k, v| layout::decode_u64(&k[4..]).is_none_or(|size| visit(size, v)),
+        )?;
+        Ok(())
+    }
+
+    /// Waits until a checkpoint of at least `tree_size` exists.
+    pub async fn wait_for_checkpoint(
+        &self,
+        tree_size: u64,
+    ) -> Result<Arc<SignedCheckpoint>, LedgerError> {
+        let mut rx = self.info.checkpoint.subscribe();
+        let found = rx
+            .wait_for(|c| {
+                c.as_ref()
+                    .is_some_and(|c| c.checkpoint.tree_size >= tree_size)
+            })
+            .await
+            .map_err(|_| LedgerError::Unavailable("ledger closed".into()))?;
+        Ok(found.clone().expect("predicate checked Some"))
+    }
+
+    fn check_size(&self, what: &'static str, size: u64) -> Result<(), LedgerError> {
+        let limit = self.tree_size();
+        if size > limit {
+            return Err(LedgerError::OutOfRange {
+                what,
+                requested: size,
+                limit_name: "the tree size",
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Root hash at `tree_size`.
+    pub fn root(&self, tree_size: u64) -> Result<Hash, LedgerError> {
+        self.check_size("tree size", tree_size)?;
+        Ok(merkle::root(&self.hash_reader(), tree_size)?)
+    }
+
+    /// RFC 9162 inclusion proof of `leaf_index` at `tree_size`.
+    pub fn inclusion_proof(
+        &self,
+        leaf_index: u64,
+        tree_size: u64,
+    ) -> Result<Vec<Hash>, LedgerError> {
+        self.check_size("tree size", tree_size)?;
+        if leaf_index >= tree_size {
+            return Err(LedgerError::OutOfRange {
+                what: "leaf index",
+                requested: leaf_index,
+                limit_name: "the proof's tree size",
+                limit: tree_size,
+            });
+        }
+        Ok(merkle::inclusion_proof(
+            &self.hash_reader(),
+            leaf_index,
+            tree_size,
+        )?)
+    }
+
+    /// RFC 9162 consistency proof from `first` to `second`.
+    pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.check_size("tree size", second)?;
+        if first == 0 || first > second {
+            return Err(LedgerError::InvalidArgument(format!(
+                "consistency proof needs 0 < first ≤ second, got first={first} second={second}"
+            )));
+        }
+        Ok(merkle::consistency_proof(
+            &self.hash_reader(),
+            first,
+            second,
+        )?)
+    }
+
+    /// DESIGN §7 range proof for `[start, end)` at `tree_size`.
+    pub fn range_proof(
+        &self,
+        start: u64,
+        end: u64,
+        tree_size: u64,
+    ) -> Result<Vec<Hash>, LedgerError> {
+        self.check_size("tree size", tree_size)?;
+        Ok(merkle::range_proof(
+            &self.hash_reader(),
+            start,
+            end,
+            tree_size,
+        )?)
+    }
+
+    /// Leaf hash at `leaf_index`.
+    pub fn leaf_hash(&self, leaf_index: u64) -> Result<Hash, LedgerError> {
+        self.check_size("leaf index", leaf_index + 1)?;
+        Ok(self
+            .hash_reader()
+            .read_hashes(&[NodeId::new(0, leaf_index)])?[0])
+    }
+
+    /// Leaf bytes at `leaf_index`, if held in the hot store.
+    pub fn leaf(&self, leaf_index: u64) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.check_size("leaf index", leaf_index + 1)?;
+        Ok(self.shared.store.get(
+            Space::Leaves,
+            &layout::leaf_key(self.info.log_id, leaf_index),
+        )?)
+    }
+
+    /// Visits the hot leaves in `[start, end)` in order until `visit` returns false.
+    pub fn scan_leaves(
+        &self,
+        start: u64,
+        end: u64,
+        visit: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), LedgerError> {
+        self.check_size("end", end)?;
+        let from = layout::leaf_key(self.info.log_id, start);
+        let to = layout::leaf_key(self.info.log_id, end);
+        let mut bad = None;
+        self.shared.store.scan(
+            Space::Leaves,
+            &from,
+            Some(&to),
+            Direction::Forward,
+            &mut |k, v| match layout::parse_leaf_key(k) {
+                Some((_, index)) => visit(index, v),
+                None => {
+                    bad = Some(hex::encode(k));
+                    false
+                }
+            },
+        )?;
+        match bad {
+            Some(k) => Err(LedgerError::Corrupt(format!("malformed leaf key {k}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Leaf index of an event id.
+    pub fn find_event(&self, event_id: &EventId) -> Result<Option<u64>, LedgerError> {
+        self.index_lookup(
+            Space::EventIds,
+            &layout::event_id_key(self.info.log_id, &event_id.0),
+        )
+    }
+
+    /// Leaf index of a leaf hash.
+    pub fn find_leaf_hash(&self, leaf_hash: &Hash) -> Result<Option<u64>, LedgerError> {
+        self.index_lookup(
+            Space::LeafHashes,
+            &layout::leaf_hash_key(self.info.log_id, leaf_hash),
+        )
+    }
+
+    fn index_lookup(&self, space: Space, key: &[u8]) -> Result<Option<u64>, LedgerError> {
+        match self.shared.store.get(space, key)? {
+            None => Ok(None),
+            Some(v) => layout::decode_u64(&v).map(Some).ok_or_else(|| {
+                LedgerError::Corrupt(format!(
+                    "{} index value has {} bytes",
+                    space.name(),
+                    v.len()
+                ))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+    use crate::note::SignerKey;
+    use crate::store::faulty::{FaultyStore, WriteFaults};
+    use crate::store::memory::MemoryStore;
+
+    fn event(i: u64, tenant: &str) -> AuditEvent {
+        AuditEvent {
+            event_id: format!("01936f0e-7a2b-7c3d-8e4f-{i:012x}"),
+            event_kind: EventKind::ToolCall as i32,
+            tenant_id: tenant.into(),
+            environment: "prod".into(),
+            occurred_at: 1 + i,
+            tool_name: format!("tool-{i}"),
+            ..Default::default()
+        }
+    }
+
+    fn keyring() -> Arc<RwLock<Keyring>> {
+        let mut ring = Keyring::default();
+        ring.add_existing(
+            SignerKey::from_seed("auditledger.local", &[5u8; 32]).unwrap(),
+            None,
+            0,
+        );
+        Arc::new(RwLock::new(ring))
+    }
+
+    fn options() -> LedgerOptions {
+        LedgerOptions {
+            checkpoint_interval: Duration::from_secs(3600),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn failed_write_acknowledges_nothing_and_recovers() {
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+        let ledger = Ledger::open(store.clone(), keyring(), options()).unwrap();
+        ledger.append_blocking("gw", &[event(1, "acme")]).unwrap();
+        store.set_write_faults(WriteFaults {
+            fail_next: 1,
+            ..Default::default()
+        });
+        let err = ledger
+            .append_blocking("gw", &[event(2, "acme"), event(3, "beta")])
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::Store(_)), "{err}");
+        let log = ledger.log("acme", "prod").unwrap();
+        assert_eq!(log.tree_size(), 1, "failed batch must not be visible");
+        assert!(
+            ledger.log("beta", "prod").is_none(),
+            "log created by a failed batch must vanish"
+        );
+        // The same events succeed afterwards, at the indexes the failed write would have used.
+        let receipts = ledger
+            .append_blocking("gw", &[event(2, "acme"), event(3, "beta")])
+            .unwrap();
+        assert_eq!(receipts[0].leaf_index, 1);
+        assert_eq!(receipts[1].leaf_index, 0);
+        assert!(!receipts[0].duplicate);
+    }
+
+    #[test]
+    fn no_signing_key_means_no_checkpoint_and_a_clear_error() {
+        let ledger = Ledger::open(
+            Arc::new(MemoryStore::new()),
+            Arc::new(RwLock::new(Keyring::default())),
+            options(),
+        )
+        .unwrap();
+        ledger.append_blocking("gw", &[event(1, "acme")]).unwrap();
+        let err = ledger.checkpoint_now().unwrap_err().to_string();
+        assert!(err.contains("no active signing key"), "{err}");
+        assert!(
+            ledger
+                .log("acme", "prod")
+                .unwrap()
+                .latest_checkpoint()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn invalid_event_rejects_whole_batch() {
+        let ledger = Ledger::open(Arc::new(MemoryStore::new()), keyring(), options()).unwrap();
+        let mut bad = event(2, "acme");
+        bad.environment = "qa".into();
+        let err = ledger
+            .append_blocking("gw", &[event(1, "acme"), bad])
+            .unwrap_err();
+        match err {
+            LedgerError::InvalidEvent {
+                event_index,
+                field,
+                reason,
+            } => {
+                assert_eq!((event_index, field), (1, "environment"));
+                assert!(reason.contains("\"qa\""), "{reason}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(
+            ledger.log("acme", "prod").is_none(),
+            "nothing may be appended"
+        );
+    }
+}

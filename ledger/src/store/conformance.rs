@@ -1,0 +1,274 @@
+//! The key-value contract every [`Store`] must meet. Each implementation's tests call
+//! [`run_all`]; persistent stores also call [`check_reopen`]. Failures panic with a message
+//! naming the broken property.
+
+use super::{Direction, Store, WriteBatch};
+use crate::layout::Space;
+
+fn get(store: &dyn Store, space: Space, key: &[u8]) -> Option<Vec<u8>> {
+    store.get(space, key).expect("get")
+}
+
+fn scan(
+    store: &dyn Store,
+    space: Space,
+    start: &[u8],
+    end: Option<&[u8]>,
+    dir: Direction,
+) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    store
+        .scan(space, start, end, dir, &mut |k, _| {
+            keys.push(k.to_vec());
+            true
+        })
+        .expect("scan");
+    keys
+}
+
+/// Runs every property on an empty store.
+pub fn run_all(store: &dyn Store) {
+    put_get_and_missing(store);
+    batch_applies_in_order(store);
+    spaces_are_isolated(store);
+    delete_range_is_half_open(store);
+    multi_get_visits_in_order(store);
+    scans_respect_bounds_and_direction(store);
+}
+
+fn put_get_and_missing(store: &dyn Store) {
+    let mut b = WriteBatch::new();
+    b.put(Space::Leaves, b"pg/a".to_vec(), b"1".to_vec());
+    b.put(Space::Leaves, b"pg/b".to_vec(), Vec::new());
+    store.write(b, true).expect("write");
+    assert_eq!(
+        get(store, Space::Leaves, b"pg/a"),
+        Some(b"1".to_vec()),
+        "put then get"
+    );
+    assert_eq!(
+        get(store, Space::Leaves, b"pg/b"),
+        Some(Vec::new()),
+        "empty values are values"
+    );
+    assert_eq!(get(store, Space::Leaves, b"pg/c"), None, "missing key");
+    let mut b = WriteBatch::new();
+    b.put(Space::Leaves, b"pg/a".to_vec(), b"2".to_vec());
+    store.write(b, false).expect("write");
+    assert_eq!(
+        get(store, Space::Leaves, b"pg/a"),
+        Some(b"2".to_vec()),
+        "overwrite"
+    );
+}
+
+fn batch_applies_in_order(store: &dyn Store) {
+    let mut b = WriteBatch::new();
+    b.put(Space::Tiles, b"ord/x".to_vec(), b"1".to_vec());
+    b.delete(Space::Tiles, b"ord/x".to_vec());
+    b.delete(Space::Tiles, b"ord/y".to_vec());
+    b.put(Space::Tiles, b"ord/y".to_vec(), b"2".to_vec());
+    store.write(b, true).expect("write");
+    assert_eq!(
+        get(store, Space::Tiles, b"ord/x"),
+        None,
+        "put then delete in one batch"
+    );
+    assert_eq!(
+        get(store, Space::Tiles, b"ord/y"),
+        Some(b"2".to_vec()),
+        "delete then put in one batch"
+    );
+}
+
+fn spaces_are_isolated(store: &dyn Store) {
+    let mut b = WriteBatch::new();
+    b.put(Space::EventIds, b"iso".to_vec(), b"e".to_vec());
+    b.put(Space::Checkpoints, b"iso".to_vec(), b"c".to_vec());
+    store.write(b, true).expect("write");
+    assert_eq!(get(store, Space::EventIds, b"iso"), Some(b"e".to_vec()));
+    assert_eq!(get(store, Space::Checkpoints, b"iso"), Some(b"c".to_vec()));
+    assert_eq!(
+        get(store, Space::Meta, b"iso"),
+        None,
+        "a key leaked across spaces"
+    );
+}
+
+fn delete_range_is_half_open(store: &dyn Store) {
+    let mut b = WriteBatch::new();
+    for i in 0u8..10 {
+        b.put(Space::LeafHashes, vec![b'r', i], vec![i]);
+    }
+    store.write(b, true).expect("write");
+    let mut b = WriteBatch::new();
+    b.delete_range(Space::LeafHashes, vec![b'r', 2], vec![b'r', 5]);
+    store.write(b, true).expect("write");
+    let left: Vec<u8> = scan(
+        store,
+        Space::LeafHashes,
+        b"r",
+        Some(b"s"),
+        Direction::Forward,
+    )
+    .into_iter()
+    .map(|k| k[1])
+    .collect();
+    assert_eq!(
+        left,
+        vec![0, 1, 5, 6, 7, 8, 9],
+        "delete_range must remove exactly [start, end)"
+    );
+}
+
+fn multi_get_visits_in_order(store: &dyn Store) {
+    let mut b = WriteBatch::new();
+    b.put(Space::Meta, b"mg/1".to_vec(), b"one".to_vec());
+    b.put(Space::Meta, b"mg/3".to_vec(), b"three".to_vec());
+    store.write(b, true).expect("write");
+    let keys: [&[u8]; 4] = [b"mg/3", b"mg/2", b"mg/1", b"mg/3"];
+    let mut seen = Vec::new();
+    store
+        .multi_get(Space::Meta, &keys, &mut |i, v| {
+            seen.push((i, v.map(<[u8]>::to_vec)))
+        })
+        .expect("multi_get");
+    assert_eq!(
+        seen,
+        vec![
+            (0, Some(b"three".to_vec())),
+            (1, None),
+            (2, Some(b"one".to_vec())),
+            (3, Some(b"three".to_vec())),
+        ],
+        "multi_get must visit every key once, in order, with its value"
+    );
+}
+
+fn scans_respect_bounds_and_direction(store: &dyn Store) {
+    let mut b = WriteBatch::new();
+    for k in [&b"sc/a"[..], b"sc/b", b"sc/c", b"sc/d", b"sd"] {
+        b.put(Space::Checkpoints, k.to_vec(), k.to_vec());
+    }
+    store.write(b, true).expect("write");
+    let fwd = scan(
+        store,
+        Space::Checkpoints,
+        b"sc/b",
+        Some(b"sc/d"),
+        Direction::Forward,
+    );
+    assert_eq!(
+        fwd,
+        vec![b"sc/b".to_vec(), b"sc/c".to_vec()],
+        "forward [start, end)"
+    );
+    let rev = scan(
+        store,
+        Space::Checkpoints,
+        b"sc/b",
+        Some(b"sc/d"),
+        Direction::Reverse,
+    );
+    assert_eq!(
+        rev,
+        vec![b"sc/c".to_vec(), b"sc/b".to_vec()],
+        "reverse [start, end)"
+    );
+    let open = scan(store, Space::Checkpoints, b"sc/c", None, Direction::Forward);
+    assert_eq!(
+        open,
+        vec![b"sc/c".to_vec(), b"sc/d".to_vec(), b"sd".to_vec()],
+        "open end"
+    );
+    let last = scan(store, Space::Checkpoints, b"sc/", None, Direction::Reverse);
+    assert_eq!(
+        last.first(),
+        Some(&b"sd".to_vec()),
+        "reverse open end starts at the last key"
+    );
+    let mut first_only = Vec::new();
+    store
+        .scan(
+            Space::Checkpoints,
+            b"sc/",
+            None,
+            Direction::Forward,
+            &mut |k, _| {
+                first_only.push(k.to_vec());
+                false
+            },
+        )
+        .expect("scan");
+    assert_eq!(
+        first_only,
+        vec![b"sc/a".to_vec()],
+        "scan must stop when the visitor says so"
+    );
+    assert!(scan(store, Space::Checkpoints, b"zz", None, Direction::Forward).is_empty());
+}
+
+/// Writes durably through `first`, drops it, reopens with `reopen`, and checks the data.
+pub fn check_reopen<S: Store>(first: S, reopen: impl FnOnce() -> S) {
+    let mut b = WriteBatch::new();
+    b.put(Space::Leaves, b"durable".to_vec(), b"yes".to_vec());
+    first.write(b, true).expect("write");
+    drop(first);
+    let again = reopen();
+    assert_eq!(
+        again.get(Space::Leaves, b"durable").expect("get"),
+        Some(b"yes".to_vec()),
+        "a durable write must survive reopening"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use crate::store::faulty::{FaultyStore, WriteFaults};
+    use crate::store::memory::MemoryStore;
+
+    #[test]
+    fn memory_store_conforms() {
+        run_all(&MemoryStore::new());
+    }
+
+    #[test]
+    fn faulty_store_conforms_when_healthy_and_fails_when_told() {
+        let store = FaultyStore::new(MemoryStore::new());
+        run_all(&store);
+        store.set_write_faults(WriteFaults {
+            fail_next: 1,
+            ..Default::default()
+        });
+        let mut b = WriteBatch::new();
+        b.put(Space::Leaves, b"k".to_vec(), b"v".to_vec());
+        assert!(matches!(
+            store.write(b.clone(), true),
+            Err(StoreError::Injected(_))
+        ));
+        assert_eq!(
+            store.get(Space::Leaves, b"k").unwrap(),
+            None,
+            "failed write must not apply"
+        );
+        store.write(b, true).unwrap();
+        assert_eq!(store.get(Space::Leaves, b"k").unwrap(), Some(b"v".to_vec()));
+        store.set_fail_reads(true);
+        assert!(store.get(Space::Leaves, b"k").is_err());
+    }
+
+    #[cfg(feature = "rocksdb")]
+    #[test]
+    fn rocks_store_conforms_and_persists() {
+        use crate::store::rocks::{RocksOptions, RocksStore};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = RocksOptions::small_for_tests();
+        run_all(&RocksStore::open(&dir.path().join("a"), &opts).unwrap());
+        let path = dir.path().join("b");
+        check_reopen(RocksStore::open(&path, &opts).unwrap(), || {
+            RocksStore::open(&path, &opts).unwrap()
+        });
+    }
+}

@@ -1,0 +1,126 @@
+//! A store wrapper that fails, delays or half-fails on purpose, to prove that the ledger never
+//! acknowledges what it did not persist and recovers when storage comes back.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{Direction, Store, StoreError, WriteBatch};
+use crate::layout::Space;
+
+/// What a [`FaultyStore`] does to writes.
+#[derive(Clone, Debug, Default)]
+pub struct WriteFaults {
+    /// Fail this many upcoming writes (0 = none), then behave.
+    pub fail_next: u64,
+    /// Fail every write while set (e.g. "disk full" until space returns).
+    pub fail_all: Option<StoreError>,
+    /// Sleep this long before each write (slow disk).
+    pub delay: Duration,
+}
+
+#[derive(Debug)]
+pub struct FaultyStore<S> {
+    inner: S,
+    faults: Mutex<WriteFaults>,
+    fail_reads: AtomicBool,
+    writes_ok: AtomicU64,
+    writes_failed: AtomicU64,
+}
+
+impl<S: Store> FaultyStore<S> {
+    pub fn new(inner: S) -> Self {
+        FaultyStore {
+            inner,
+            faults: Mutex::new(WriteFaults::default()),
+            fail_reads: AtomicBool::new(false),
+            writes_ok: AtomicU64::new(0),
+            writes_failed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn set_write_faults(&self, faults: WriteFaults) {
+        *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+    }
+
+    pub fn set_fail_reads(&self, fail: bool) {
+        self.fail_reads.store(fail, Ordering::SeqCst);
+    }
+
+    /// (successful writes, failed writes) so far.
+    pub fn write_counts(&self) -> (u64, u64) {
+        (
+            self.writes_ok.load(Ordering::SeqCst),
+            self.writes_failed.load(Ordering::SeqCst),
+        )
+    }
+
+    fn read_fault(&self) -> Result<(), StoreError> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(StoreError::Injected("read failure".into()));
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError> {
+        let (delay, fault) = {
+            let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+            let fault = if let Some(err) = &faults.fail_all {
+                Some(err.clone())
+            } else if faults.fail_next > 0 {
+                faults.fail_next -= 1;
+                Some(StoreError::Injected("write failure".into()))
+            } else {
+                None
+            };
+            (faults.delay, fault)
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        if let Some(err) = fault {
+            self.writes_failed.fetch_add(1, Ordering::SeqCst);
+            return Err(err);
+        }
+        self.inner.write(batch, durable)?;
+        self.writes_ok.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_fault()?;
+        self.inner.get(space, key)
+    }
+
+    fn multi_get(
+        &self,
+        space: Space,
+        keys: &[&[u8]],
+        visit: &mut dyn FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), StoreError> {
+        self.read_fault()?;
+        self.inner.multi_get(space, keys, visit)
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        direction: Direction,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.read_fault()?;
+        self.inner.scan(space, start, end, direction, visit)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync()
+    }
+}

@@ -1,0 +1,157 @@
+//! Storage seam: a narrow, ordered key-value interface with atomic durable batches, in the
+//! spirit of `object_store`'s core trait. The ledger's layout (`layout.rs`) sits on top.
+//!
+//! Implementations: [`rocks::RocksStore`] (production), [`memory::MemoryStore`] (tests,
+//! embedding) and [`faulty::FaultyStore`] (wraps another store and fails on purpose). All pass
+//! [`conformance`].
+
+pub mod conformance;
+pub mod faulty;
+pub mod memory;
+#[cfg(feature = "rocksdb")]
+pub mod rocks;
+
+use crate::layout::Space;
+
+/// Storage failures. Messages carry the underlying engine's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The device has no space left; retry once space is freed.
+    #[error("storage full: {0}")]
+    NoSpace(String),
+    /// An I/O error (disk, filesystem).
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    /// Stored data failed a checksum or structural check.
+    #[error("storage corruption: {0}")]
+    Corruption(String),
+    /// The store was written by an incompatible version or is otherwise unusable.
+    #[error("storage unusable: {0}")]
+    Unusable(String),
+    /// Injected by [`faulty::FaultyStore`].
+    #[error("injected fault: {0}")]
+    Injected(String),
+}
+
+/// One operation of a [`WriteBatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    Put {
+        space: Space,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        space: Space,
+        key: Vec<u8>,
+    },
+    /// Deletes every key in `[start, end)`.
+    DeleteRange {
+        space: Space,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
+}
+
+/// Operations applied atomically, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<WriteOp>,
+    bytes: usize,
+}
+
+impl WriteBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_capacity(ops: usize) -> Self {
+        WriteBatch {
+            ops: Vec::with_capacity(ops),
+            bytes: 0,
+        }
+    }
+
+    pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        let (key, value) = (key.into(), value.into());
+        self.bytes += key.len() + value.len();
+        self.ops.push(WriteOp::Put { space, key, value });
+    }
+
+    pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
+        let key = key.into();
+        self.bytes += key.len();
+        self.ops.push(WriteOp::Delete { space, key });
+    }
+
+    pub fn delete_range(
+        &mut self,
+        space: Space,
+        start: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+    ) {
+        let (start, end) = (start.into(), end.into());
+        self.bytes += start.len() + end.len();
+        self.ops.push(WriteOp::DeleteRange { space, start, end });
+    }
+
+    pub fn ops(&self) -> &[WriteOp] {
+        &self.ops
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Key and value bytes in the batch.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Scan direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// An ordered key-value store with atomic batches.
+pub trait Store: Send + Sync + 'static {
+    /// Applies the batch atomically: after a crash either every operation is there or none.
+    /// With `durable`, returns only once the batch is on stable storage (synced WAL).
+    fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError>;
+
+    /// Reads one value.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Reads many values, calling `visit(i, value)` for `keys[i]` with a borrowed value (no copy
+    /// where the engine allows it). Visits every key exactly once, in order.
+    fn multi_get(
+        &self,
+        space: Space,
+        keys: &[&[u8]],
+        visit: &mut dyn FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), StoreError>;
+
+    /// Visits the keys in `[start, end)` (`end = None`: to the end of the space) in key order,
+    /// or reverse key order, until `visit` returns false.
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        direction: Direction,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// Makes everything written so far durable (no-op for stores whose writes are durable).
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

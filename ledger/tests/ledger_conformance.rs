@@ -1,0 +1,389 @@
+//! Ledger behaviour that must hold on every store (memory, RocksDB): appends, receipts, proofs
+//! against signed checkpoints, dedup, concurrency, restart, fsck (clean and after tampering).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use auditledger_ledger::checkpoint;
+use auditledger_ledger::event::{AuditEvent, EventKind, decode_leaf_strict};
+use auditledger_ledger::keys::Keyring;
+use auditledger_ledger::layout::{self, Space};
+use auditledger_ledger::merkle::{self, leaf_hash};
+use auditledger_ledger::note::SignerKey;
+use auditledger_ledger::store::memory::MemoryStore;
+use auditledger_ledger::store::rocks::{RocksOptions, RocksStore};
+use auditledger_ledger::store::{Store, WriteBatch};
+use auditledger_ledger::{Ledger, LedgerOptions, fsck};
+
+fn event(n: u64, tenant: &str, env: &str) -> AuditEvent {
+    AuditEvent {
+        event_id: format!("01936f0e-7a2b-7c3d-8e4f-{n:012x}"),
+        event_kind: EventKind::ToolCall as i32,
+        tenant_id: tenant.into(),
+        environment: env.into(),
+        occurred_at: 1_763_700_000_000_000_000 + n,
+        tool_server: "github".into(),
+        tool_name: format!("tool-{}", n % 7),
+        user_id: format!("user-{}", n % 13),
+        ..Default::default()
+    }
+}
+
+fn signer() -> SignerKey {
+    SignerKey::from_seed("auditledger.local", &[9u8; 32]).unwrap()
+}
+
+fn keyring() -> Arc<RwLock<Keyring>> {
+    let mut ring = Keyring::default();
+    ring.add_existing(signer(), None, 0);
+    Arc::new(RwLock::new(ring))
+}
+
+fn options() -> LedgerOptions {
+    LedgerOptions {
+        checkpoint_interval: Duration::from_millis(50),
+        ..Default::default()
+    }
+}
+
+fn open(store: &Arc<dyn Store>) -> Ledger {
+    Ledger::open(store.clone(), keyring(), options()).unwrap()
+}
+
+fn suite(make: &dyn Fn() -> Arc<dyn Store>) {
+    appends_prove_and_dedup(make());
+    concurrent_appenders_get_unique_contiguous_indexes(make());
+    restart_keeps_everything_and_chains_checkpoints(make());
+    fsck_detects_tampering(make);
+}
+
+fn appends_prove_and_dedup(store: Arc<dyn Store>) {
+    let ledger = open(&store);
+    let batch: Vec<AuditEvent> = (0..300).map(|n| event(n, "acme", "prod")).collect();
+    let receipts = ledger.append_blocking("gw-1", &batch).unwrap();
+    assert_eq!(receipts.len(), 300);
+    for (i, r) in receipts.iter().enumerate() {
+        assert_eq!(r.leaf_index, i as u64);
+        assert!(!r.duplicate);
+        assert_eq!(&*r.origin, "auditledger.local/acme/prod");
+    }
+    // Another tenant gets its own log starting at 0.
+    let other = ledger
+        .append_blocking("gw-2", &[event(1000, "beta", "dev")])
+        .unwrap();
+    assert_eq!(other[0].leaf_index, 0);
+    assert_eq!(&*other[0].origin, "auditledger.local/beta/dev");
+
+    // Re-sent events: original receipts, nothing appended; a changed body is flagged.
+    let mut changed = event(5, "acme", "prod");
+    changed.tool_name = "something-else".into();
+    let again = ledger
+        .append_blocking("gw-1", &[event(7, "acme", "prod"), changed])
+        .unwrap();
+    assert!(again[0].duplicate && again[1].duplicate);
+    assert_eq!(
+        (again[0].leaf_index, again[0].leaf_hash),
+        (7, receipts[7].leaf_hash)
+    );
+    assert_eq!(again[0].content_differs, Some(false));
+    assert_eq!(again[1].content_differs, Some(true));
+    // The same id twice within one batch: one leaf.
+    let twice = ledger
+        .append_blocking(
+            "gw-1",
+            &[event(400, "acme", "prod"), event(400, "acme", "prod")],
+        )
+        .unwrap();
+    assert!(!twice[0].duplicate && twice[1].duplicate);
+    assert_eq!(twice[0].leaf_index, twice[1].leaf_index);
+
+    let log = ledger.log("acme", "prod").unwrap();
+    assert_eq!(log.tree_size(), 301);
+    ledger.checkpoint_now().unwrap();
+    let cp = log.latest_checkpoint().unwrap();
+    let opened = checkpoint::open(cp.note.as_bytes(), &[signer().verifier()]).unwrap();
+    assert_eq!(opened.checkpoint.tree_size, 301);
+    for r in receipts.iter().step_by(37) {
+        let leaf = log.leaf(r.leaf_index).unwrap().unwrap();
+        assert_eq!(leaf_hash(&leaf), r.leaf_hash);
+        let record = decode_leaf_strict(&leaf).unwrap();
+        assert_eq!(record.principal, "gw-1");
+        assert_eq!(
+            record.event.unwrap(),
+            batch[r.leaf_index as usize],
+            "leaf must carry the event as sent"
+        );
+        let proof = log.inclusion_proof(r.leaf_index, 301).unwrap();
+        merkle::verify_inclusion(
+            r.leaf_index,
+            301,
+            &r.leaf_hash,
+            &proof,
+            &opened.checkpoint.root_hash,
+        )
+        .unwrap();
+        assert_eq!(
+            log.find_leaf_hash(&r.leaf_hash).unwrap(),
+            Some(r.leaf_index)
+        );
+        assert_eq!(log.find_event(&r.event_id).unwrap(), Some(r.leaf_index));
+    }
+    // logged_at never decreases.
+    let mut last = 0;
+    log.scan_leaves(0, 301, &mut |_, leaf| {
+        let t = decode_leaf_strict(leaf).unwrap().logged_at;
+        assert!(t >= last);
+        last = t;
+        true
+    })
+    .unwrap();
+    let old_root = log.root(100).unwrap();
+    let proof = log.consistency_proof(100, 301).unwrap();
+    merkle::verify_consistency(100, 301, &proof, &old_root, &opened.checkpoint.root_hash).unwrap();
+    assert!(log.inclusion_proof(5, 302).is_err(), "beyond tree size");
+    ledger.close().unwrap();
+}
+
+fn concurrent_appenders_get_unique_contiguous_indexes(store: Arc<dyn Store>) {
+    let ledger = Arc::new(open(&store));
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for b in 0..25u64 {
+                    let batch: Vec<AuditEvent> = (0..20)
+                        .map(|i| event(t * 1_000_000 + b * 100 + i, "acme", "prod"))
+                        .collect();
+                    let receipts = ledger.append_blocking(&format!("gw-{t}"), &batch).unwrap();
+                    // Within one request, indexes are consecutive and in order.
+                    for w in receipts.windows(2) {
+                        assert_eq!(w[1].leaf_index, w[0].leaf_index + 1);
+                    }
+                    got.extend(receipts.into_iter().map(|r| r.leaf_index));
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..4000).collect::<Vec<u64>>());
+    ledger.close().unwrap();
+    assert!(
+        fsck::check(store.as_ref(), &[signer().verifier()])
+            .unwrap()
+            .is_clean()
+    );
+}
+
+fn restart_keeps_everything_and_chains_checkpoints(store: Arc<dyn Store>) {
+    let first = {
+        let ledger = open(&store);
+        let r = ledger
+            .append_blocking(
+                "gw",
+                &(0..10)
+                    .map(|n| event(n, "acme", "prod"))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        ledger.close().unwrap();
+        r
+    };
+    let ledger = open(&store);
+    let log = ledger.log("acme", "prod").unwrap();
+    assert_eq!(log.tree_size(), 10);
+    let cp1 = log.latest_checkpoint().expect("final checkpoint at close");
+    assert_eq!(cp1.checkpoint.tree_size, 10);
+    assert!(
+        cp1.checkpoint.prev.is_none(),
+        "first checkpoint has no prev"
+    );
+    // Re-sending after restart still dedups.
+    let again = ledger
+        .append_blocking("gw", &[event(3, "acme", "prod")])
+        .unwrap();
+    assert_eq!(
+        (again[0].duplicate, again[0].leaf_index, again[0].leaf_hash),
+        (true, 3, first[3].leaf_hash)
+    );
+    ledger
+        .append_blocking("gw", &[event(10, "acme", "prod")])
+        .unwrap();
+    // The checkpointer signs within the interval without being asked.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let cp2 = rt
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), log.wait_for_checkpoint(11)).await
+        })
+        .expect("checkpoint within 5 s")
+        .unwrap();
+    assert_eq!(
+        cp2.checkpoint.prev,
+        Some(cp1.checkpoint.body_hash()),
+        "chain crosses the restart"
+    );
+    ledger.close().unwrap();
+    let report = fsck::check(store.as_ref(), &[signer().verifier()]).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems());
+}
+
+/// Applies `damage` to a fresh ledger's store and checks fsck names the problem.
+fn fsck_detects_tampering(make: &dyn Fn() -> Arc<dyn Store>) {
+    type Damage = fn(&dyn Store);
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "flipped leaf byte",
+            |s| {
+                let key = layout::leaf_key(0, 5);
+                let mut leaf = s.get(Space::Leaves, &key).unwrap().unwrap();
+                let last = leaf.len() - 1;
+                leaf[last] ^= 0x01;
+                put(s, Space::Leaves, &key, leaf);
+            },
+            "leaf 5",
+        ),
+        (
+            "deleted leaf",
+            |s| {
+                let mut b = WriteBatch::new();
+                b.delete(Space::Leaves, layout::leaf_key(0, 7).to_vec());
+                s.write(b, true).unwrap();
+            },
+            "leaves [7, 8) are missing",
+        ),
+        (
+            "tile hash replaced",
+            |s| {
+                let key = layout::tile_key(0, layout::TileId { level: 0, index: 0 });
+                let mut tile = s.get(Space::Tiles, &key).unwrap().unwrap();
+                tile[2 + 32 * 3] ^= 0xff;
+                put(s, Space::Tiles, &key, tile);
+            },
+            "leaf 3: stored leaf hash differs",
+        ),
+        (
+            "event id index removed",
+            |s| {
+                let mut first = None;
+                s.scan(
+                    Space::EventIds,
+                    &[0, 0, 0, 0],
+                    Some(&[0, 0, 0, 1]),
+                    auditledger_ledger::store::Direction::Forward,
+                    &mut |k, _| {
+                        first = Some(k.to_vec());
+                        false
+                    },
+                )
+                .unwrap();
+                let mut b = WriteBatch::new();
+                b.delete(Space::EventIds, first.unwrap());
+                s.write(b, true).unwrap();
+            },
+            "event id index entry missing",
+        ),
+        (
+            "checkpoint re-signed by a stranger",
+            |s| {
+                let stranger = SignerKey::from_seed("auditledger.local", &[1u8; 32]).unwrap();
+                let key = layout::checkpoint_key(0, 20);
+                let note =
+                    String::from_utf8(s.get(Space::Checkpoints, &key).unwrap().unwrap()).unwrap();
+                let body = note.split("\n\n").next().unwrap().to_string() + "\n";
+                let forged = auditledger_ledger::note::sign(&body, &[stranger]).unwrap();
+                put(s, Space::Checkpoints, &key, forged.into_bytes());
+            },
+            "not signed by any trusted key",
+        ),
+        (
+            "checkpoint chain broken",
+            |s| {
+                let key = layout::checkpoint_key(0, 20);
+                let note =
+                    String::from_utf8(s.get(Space::Checkpoints, &key).unwrap().unwrap()).unwrap();
+                let body = note.split("\n\n").next().unwrap().to_string() + "\n";
+                let mut cp = checkpoint::Checkpoint::parse_body(&body).unwrap();
+                cp.prev = Some([7u8; 32]);
+                put(
+                    s,
+                    Space::Checkpoints,
+                    &key,
+                    cp.sign(&[signer()]).unwrap().into_bytes(),
+                );
+            },
+            "chain broken",
+        ),
+    ];
+    for (name, damage, needle) in cases {
+        let store = make();
+        {
+            let ledger = open(&store);
+            ledger
+                .append_blocking(
+                    "gw",
+                    &(0..10)
+                        .map(|n| event(n, "acme", "prod"))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap();
+            ledger.checkpoint_now().unwrap();
+            ledger
+                .append_blocking(
+                    "gw",
+                    &(10..20)
+                        .map(|n| event(n, "acme", "prod"))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap();
+            ledger.close().unwrap();
+        }
+        let clean = fsck::check(store.as_ref(), &[signer().verifier()]).unwrap();
+        assert!(
+            clean.is_clean(),
+            "{name}: clean store reported {:?}",
+            clean.problems()
+        );
+        damage(store.as_ref());
+        let report = fsck::check(store.as_ref(), &[signer().verifier()]).unwrap();
+        let problems = report.problems().join("\n");
+        assert!(
+            problems.contains(needle),
+            "{name}: expected {needle:?} in {problems:?}"
+        );
+    }
+}
+
+fn put(s: &dyn Store, space: Space, key: &[u8], value: Vec<u8>) {
+    let mut b = WriteBatch::new();
+    b.put(space, key.to_vec(), value);
+    s.write(b, true).unwrap();
+}
+
+#[test]
+fn memory_store() {
+    suite(&|| Arc::new(MemoryStore::new()));
+}
+
+#[test]
+fn rocks_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    suite(&|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Arc::new(
+            RocksStore::open(
+                &dir.path().join(format!("db{n}")),
+                &RocksOptions::small_for_tests(),
+            )
+            .unwrap(),
+        )
+    });
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The full test suite: formatting, lints (warnings are errors), every test of every crate.
+# Installs what is missing first. Exits non-zero if anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+ensure_system_packages
+export PROTOC="$(command -v protoc)"
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test" >&2
+cargo test --workspace --all-targets --locked
+echo "== doc tests" >&2
+cargo test --workspace --doc --locked
+echo "all tests passed" >&2
