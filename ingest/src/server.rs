@@ -712,6 +712,7 @@ impl pb::log_server::Log for LogService {
                     Status::invalid_argument(format!("leaf_hash must be 32 bytes, got {}", h.len()))
                 })?;
                 log.find_leaf_hash(&hash)
+                    .await
                     .map_err(status::from_ledger)?
                     .ok_or_else(|| {
                         Status::not_found(format!(

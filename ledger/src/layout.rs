@@ -29,7 +29,7 @@ pub enum Space {
     Tiles,
     /// `log_id ‖ uuid(16)` → leaf_index.
     EventIds,
-    /// `log_id ‖ leaf_hash(32)` → leaf_index.
+    /// `log_id ‖ leaf_hash[..12]` → leaf_index (maintained asynchronously by the indexer).
     LeafHashes,
     /// `log_id ‖ tree_size` → signed checkpoint note.
     Checkpoints,
@@ -71,6 +71,7 @@ pub const META_NEXT_LOG_ID: &[u8] = b"next_log_id";
 const META_ORIGIN_PREFIX: u8 = b'O';
 const META_LOG_PREFIX: u8 = b'L';
 const META_STATE_PREFIX: u8 = b'S';
+const META_INDEXED_PREFIX: u8 = b'H';
 
 /// `'O' ‖ origin bytes` → u32 log_id.
 pub fn meta_origin_key(origin: &str) -> Vec<u8> {
@@ -93,6 +94,12 @@ pub fn meta_log_range() -> ([u8; 1], [u8; 1]) {
 /// `'S' ‖ log_id` → [`LogState`], rewritten by every commit that appends to the log.
 pub fn meta_state_key(log_id: LogId) -> [u8; 5] {
     prefixed(META_STATE_PREFIX, log_id)
+}
+
+/// `'H' ‖ log_id` → u64: leaves `[0, value)` have their `leaf_hashes` entry (the indexer's
+/// watermark; written in the same batch as the entries).
+pub fn meta_indexed_key(log_id: LogId) -> [u8; 5] {
+    prefixed(META_INDEXED_PREFIX, log_id)
 }
 
 fn prefixed(prefix: u8, log_id: LogId) -> [u8; 5] {
@@ -243,11 +250,16 @@ pub fn event_id_key(log_id: LogId, uuid: &[u8; 16]) -> [u8; 20] {
     k
 }
 
-/// `log_id u32 ‖ leaf_hash [32]` (36 bytes) → leaf_index u64.
-pub fn leaf_hash_key(log_id: LogId, leaf_hash: &Hash) -> [u8; 36] {
-    let mut k = [0u8; 36];
+/// Bytes of the leaf hash kept in [`leaf_hash_key`]: 96 bits make a collision within one log
+/// negligible (≈ 10⁻¹¹ at 10⁹ leaves), and lookups verify the full hash against the tree.
+pub const LEAF_HASH_KEY_PREFIX: usize = 12;
+
+/// `log_id u32 ‖ leaf_hash[..12]` (16 bytes) → leaf_index u64. Written by the indexer thread
+/// after the leaves are durable, up to the watermark under [`meta_indexed_key`].
+pub fn leaf_hash_key(log_id: LogId, leaf_hash: &Hash) -> [u8; 16] {
+    let mut k = [0u8; 16];
     k[..4].copy_from_slice(&log_id.to_be_bytes());
-    k[4..].copy_from_slice(leaf_hash);
+    k[4..].copy_from_slice(&leaf_hash[..LEAF_HASH_KEY_PREFIX]);
     k
 }
 
@@ -326,8 +338,8 @@ pub fn tile_hash_count(width: u64) -> u64 {
 
 /// A tile value: `width u16 ‖ level 0 hashes ‖ level 1 hashes ‖ … ‖ level 7 hashes`, where
 /// relative level r holds the ⌊width / 2^r⌋ complete nodes of that level, left to right.
-/// `width` is 1..=256. A partial tile (the right edge of the tree) is rewritten as it grows;
-/// nodes already in it never change.
+/// Stored tiles are full (`width` = 256); the format allows 1..=256 so that a tile's encoding
+/// does not depend on where it is kept.
 #[derive(Clone, Copy, Debug)]
 pub struct TileView<'a> {
     width: u64,

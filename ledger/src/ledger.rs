@@ -18,7 +18,7 @@ use crate::merkle::{self, Hash, HashReader, NodeId};
 use crate::metrics::LedgerMetrics;
 use crate::sequencer::{PreparedEvent, Sequencer, Submission};
 use crate::store::{Direction, Store, WriteBatch};
-use crate::tiles::StoreHashReader;
+use crate::tiles::{EdgeSnapshot, LogHashReader, TileEdge};
 
 /// Ledger settings (the service maps its config file onto these).
 #[derive(Clone, Debug)]
@@ -145,6 +145,10 @@ pub(crate) struct LogInfo {
     /// Unix nanos when the log first grew past its latest checkpoint (0 = it has not).
     pub pending_since: AtomicU64,
     pub checkpoint: watch::Sender<Option<Arc<SignedCheckpoint>>>,
+    /// Leaves below this have their `leaf_hashes` entry (the indexer's watermark).
+    pub indexed: watch::Sender<u64>,
+    /// The tree's right edge at (at least) `durable_size`, published by the sequencer.
+    edge: RwLock<Arc<EdgeSnapshot>>,
 }
 
 impl LogInfo {
@@ -153,8 +157,10 @@ impl LogInfo {
         key: LogKey,
         record: LogRecord,
         latest: Option<SignedCheckpoint>,
+        edge: EdgeSnapshot,
     ) -> Self {
         LogInfo {
+            edge: RwLock::new(Arc::new(edge)),
             log_id,
             origin: Arc::from(record.origin.as_str()),
             key,
@@ -162,7 +168,16 @@ impl LogInfo {
             durable_size: AtomicU64::new(0),
             pending_since: AtomicU64::new(0),
             checkpoint: watch::Sender::new(latest.map(Arc::new)),
+            indexed: watch::Sender::new(0),
         }
+    }
+
+    pub(crate) fn edge_snapshot(&self) -> Arc<EdgeSnapshot> {
+        self.edge.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn publish_edge(&self, edge: EdgeSnapshot) {
+        *self.edge.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(edge);
     }
 }
 
@@ -267,7 +282,7 @@ impl Shared {
                     "no active signing key in the keyring: cannot sign checkpoints (add or rotate a key)".into(),
                 ));
             }
-            let reader = StoreHashReader::new(self.store.as_ref(), info.log_id);
+            let reader = LogHashReader::new(self.store.as_ref(), info.log_id, info.edge_snapshot());
             let root = merkle::root(&reader, size)?;
             let checkpoint = Checkpoint {
                 origin: info.origin.to_string(),
@@ -372,14 +387,23 @@ impl Ledger {
             sign_lock: Mutex::new(()),
             wake: Wake::default(),
         });
-        let sequencer = Sequencer::new(shared.clone(), next_log_id)?;
+        let (index_tx, index_rx) = std::sync::mpsc::channel();
+        let sequencer = Sequencer::new(shared.clone(), next_log_id, index_tx)?;
         let (tx, rx) = mpsc::channel(4096);
+        // Order matters for close(): sequencer, then indexer, then checkpointer.
         let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()
                 .name("auditledger-sequencer".into())
                 .spawn(move || sequencer.run(rx))
                 .map_err(|e| LedgerError::Unavailable(format!("starting sequencer thread: {e}")))?,
+        );
+        let index_shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("auditledger-indexer".into())
+                .spawn(move || crate::indexer::run(index_shared, index_rx))
+                .map_err(|e| LedgerError::Unavailable(format!("starting indexer thread: {e}")))?,
         );
         let cp_shared = shared.clone();
         threads.push(
@@ -587,8 +611,12 @@ impl Ledger {
             return Ok(());
         }
         let mut threads = threads.into_iter();
-        if let Some(sequencer) = threads.next() {
-            let _ = sequencer.join();
+        // The sequencer drains accepted appends; when it exits it drops the indexer's queue,
+        // and the indexer exits once everything is indexed.
+        for _ in 0..2 {
+            if let Some(t) = threads.next() {
+                let _ = t.join();
+            }
         }
         {
             let mut flag = self
@@ -755,7 +783,18 @@ fn load_logs(store: &dyn Store) -> Result<(Vec<Arc<LogInfo>>, LogId), LedgerErro
             )));
         }
         let key = LogKey::new(record.tenant_id.clone(), record.environment.clone());
-        let info = LogInfo::new(log_id, key, record, latest);
+        let edge = TileEdge::load(store, log_id, state.tree_size)?.snapshot();
+        let watermark = crate::indexer::load_watermark(store, log_id)?;
+        if watermark > state.tree_size {
+            return Err(LedgerError::Corrupt(format!(
+                "log {}: leaf-hash index watermark {watermark} is beyond the tree size {}",
+                record.origin, state.tree_size
+            )));
+        }
+        // After a crash the unsynced tail of the index may be gone: rebuild it now.
+        let indexed = crate::indexer::catch_up(store, log_id, watermark, state.tree_size)?;
+        let info = LogInfo::new(log_id, key, record, latest, edge);
+        info.indexed.send_replace(indexed);
         info.durable_size.store(state.tree_size, Ordering::Release);
         logs.push(Arc::new(info));
     }
@@ -830,9 +869,13 @@ impl Log {
         self.info.durable_size.load(Ordering::Acquire)
     }
 
-    /// A [`HashReader`] over this log's stored tiles.
-    pub fn hash_reader(&self) -> StoreHashReader<'_> {
-        StoreHashReader::new(self.shared.store.as_ref(), self.info.log_id)
+    /// A [`HashReader`] over this log's tree at (at least) its current size.
+    pub fn hash_reader(&self) -> LogHashReader<'_> {
+        LogHashReader::new(
+            self.shared.store.as_ref(),
+            self.info.log_id,
+            self.info.edge_snapshot(),
+        )
     }
 
     /// The latest signed checkpoint.
@@ -1024,12 +1067,33 @@ impl Log {
         )
     }
 
-    /// Leaf index of a leaf hash.
-    pub fn find_leaf_hash(&self, leaf_hash: &Hash) -> Result<Option<u64>, LedgerError> {
-        self.index_lookup(
+    /// Leaf index of a leaf hash. Waits (up to 5 s) for the asynchronous leaf-hash index to
+    /// cover the current tree size, and verifies the full hash against the tree.
+    pub async fn find_leaf_hash(&self, leaf_hash: &Hash) -> Result<Option<u64>, LedgerError> {
+        let size = self.tree_size();
+        let mut rx = self.info.indexed.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| *v >= size))
+            .await
+            .map_err(|_| LedgerError::Unavailable("the leaf-hash index is behind; retry".into()))?
+            .map_err(|_| LedgerError::Unavailable("ledger closed".into()))?;
+        let Some(index) = self.index_lookup(
             Space::LeafHashes,
             &layout::leaf_hash_key(self.info.log_id, leaf_hash),
-        )
+        )?
+        else {
+            return Ok(None);
+        };
+        // The key holds 96 bits of the hash; confirm the rest.
+        if index < self.tree_size() && self.leaf_hash(index)? == *leaf_hash {
+            Ok(Some(index))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Leaves below this have their leaf-hash index entry.
+    pub fn indexed_size(&self) -> u64 {
+        *self.info.indexed.borrow()
     }
 
     fn index_lookup(&self, space: Space, key: &[u8]) -> Result<Option<u64>, LedgerError> {

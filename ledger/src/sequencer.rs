@@ -15,11 +15,12 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::error::LedgerError;
 use crate::event::EventId;
+use crate::indexer::IndexJob;
 use crate::layout::{self, LogId, LogRecord, LogState, Space};
 use crate::ledger::{LogInfo, LogKey, Receipt, Shared};
 use crate::merkle::{Hash, HashReader, NodeId, leaf_hash};
 use crate::store::WriteBatch;
-use crate::tiles::{StoreHashReader, TileEdge};
+use crate::tiles::{LogHashReader, TileEdge};
 
 /// One validated, encoded event waiting to be sequenced.
 #[derive(Debug)]
@@ -57,6 +58,15 @@ pub(crate) struct Sequencer {
     shared: Arc<Shared>,
     logs: HashMap<LogKey, SeqLog>,
     next_log_id: LogId,
+    /// New leaf hashes go to the indexer after each successful commit.
+    index_tx: std::sync::mpsc::Sender<IndexJob>,
+}
+
+/// What a successful group commit produced.
+struct Committed {
+    outcomes: Vec<Vec<Outcome>>,
+    created: Vec<Arc<LogInfo>>,
+    index_jobs: Vec<IndexJob>,
 }
 
 /// What happened to one event of a group.
@@ -73,17 +83,30 @@ enum Outcome {
 }
 
 impl Sequencer {
-    pub(crate) fn new(shared: Arc<Shared>, next_log_id: LogId) -> Result<Self, LedgerError> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        next_log_id: LogId,
+        index_tx: std::sync::mpsc::Sender<IndexJob>,
+    ) -> Result<Self, LedgerError> {
         let mut logs = HashMap::new();
         for info in shared.all_logs() {
             let state = shared.load_state(info.log_id)?;
-            let edge = TileEdge::load(shared.store.as_ref(), info.log_id, state.tree_size)?;
+            let edge = TileEdge::from_snapshot(&info.edge_snapshot());
+            if edge.size() != state.tree_size {
+                return Err(LedgerError::Corrupt(format!(
+                    "{}: right edge has size {} but the state says {}",
+                    info.origin,
+                    edge.size(),
+                    state.tree_size
+                )));
+            }
             logs.insert(info.key.clone(), SeqLog { info, state, edge });
         }
         Ok(Sequencer {
             shared,
             logs,
             next_log_id,
+            index_tx,
         })
     }
 
@@ -125,13 +148,29 @@ impl Sequencer {
             .collect();
         let next_log_id_before = self.next_log_id;
         match self.build_and_write(&group) {
-            Ok((outcomes, created)) => {
+            Ok(Committed {
+                outcomes,
+                created,
+                index_jobs,
+            }) => {
+                for job in index_jobs {
+                    // The indexer only stops after the sequencer; a send cannot fail before.
+                    let _ = self.index_tx.send(job);
+                }
                 for log in created {
                     self.shared.register_log(log);
                 }
                 let now = self.shared.clock.now_nanos();
-                for key in group.iter().flat_map(|s| s.events.iter().map(|e| &e.log)) {
+                let mut touched: Vec<&LogKey> = group
+                    .iter()
+                    .flat_map(|s| s.events.iter().map(|e| &e.log))
+                    .collect();
+                touched.sort_unstable();
+                touched.dedup();
+                for key in touched {
                     if let Some(log) = self.logs.get(key) {
+                        // The edge first: a reader that sees the new size must find its nodes.
+                        log.info.publish_edge(log.edge.snapshot());
                         let previous = log
                             .info
                             .durable_size
@@ -228,6 +267,7 @@ impl Sequencer {
                         state.tree_size,
                     )?;
                     log.state = state;
+                    log.info.publish_edge(log.edge.snapshot());
                     log.info
                         .durable_size
                         .store(state.tree_size, Ordering::Release);
@@ -270,7 +310,13 @@ impl Sequencer {
             layout::META_NEXT_LOG_ID.to_vec(),
             self.next_log_id.to_be_bytes().to_vec(),
         );
-        let info = Arc::new(LogInfo::new(log_id, key.clone(), record, None));
+        let info = Arc::new(LogInfo::new(
+            log_id,
+            key.clone(),
+            record,
+            None,
+            Default::default(),
+        ));
         created.push(info.clone());
         self.logs.insert(
             key.clone(),
@@ -283,13 +329,11 @@ impl Sequencer {
     }
 
     #[allow(clippy::type_complexity)]
-    fn build_and_write(
-        &mut self,
-        group: &[Submission],
-    ) -> Result<(Vec<Vec<Outcome>>, Vec<Arc<LogInfo>>), LedgerError> {
+    fn build_and_write(&mut self, group: &[Submission]) -> Result<Committed, LedgerError> {
         let mut batch =
-            WriteBatch::with_capacity(group.iter().map(|s| s.events.len() * 3).sum::<usize>() + 8);
+            WriteBatch::with_capacity(group.iter().map(|s| s.events.len() * 2).sum::<usize>() + 8);
         let mut created = Vec::new();
+        let mut index_jobs: HashMap<LogId, IndexJob> = HashMap::new();
 
         // Dedup against the store, for logs that existed before this group.
         let mut lookups: Vec<(LogId, [u8; 20])> = Vec::new();
@@ -349,7 +393,7 @@ impl Sequencer {
                 }
                 if let Some(&leaf_index) = stored.get(&dedup_key) {
                     let (leaf_hash, content_differs) =
-                        self.describe_stored(log_id, leaf_index, &event.event_bytes)?;
+                        self.describe_stored(&event.log, leaf_index, &event.event_bytes)?;
                     these.push(Outcome::Duplicate {
                         leaf_index,
                         leaf_hash,
@@ -372,11 +416,15 @@ impl Sequencer {
                     layout::event_id_key(log_id, &event.event_id.0).to_vec(),
                     leaf_index.to_be_bytes().to_vec(),
                 );
-                batch.put(
-                    Space::LeafHashes,
-                    layout::leaf_hash_key(log_id, &hash).to_vec(),
-                    leaf_index.to_be_bytes().to_vec(),
-                );
+                index_jobs
+                    .entry(log_id)
+                    .or_insert_with(|| IndexJob {
+                        info: log.info.clone(),
+                        first: leaf_index,
+                        hashes: Vec::new(),
+                    })
+                    .hashes
+                    .push(hash);
                 log.edge.append(hash, &mut completed);
                 for (tile, value) in completed.drain(..) {
                     batch.put(Space::Tiles, layout::tile_key(log_id, tile).to_vec(), value);
@@ -399,14 +447,7 @@ impl Sequencer {
         touched.sort();
         touched.dedup();
         for key in touched {
-            let log = self.logs.get_mut(key).expect("ensured above");
-            for (tile, value) in log.edge.take_dirty() {
-                batch.put(
-                    Space::Tiles,
-                    layout::tile_key(log.info.log_id, tile).to_vec(),
-                    value,
-                );
-            }
+            let log = &self.logs[key];
             batch.put(
                 Space::Meta,
                 layout::meta_state_key(log.info.log_id).to_vec(),
@@ -418,18 +459,28 @@ impl Sequencer {
         let bytes = batch.bytes();
         self.shared.store.write(batch, true)?;
         self.shared.metrics.record_write(bytes, started.elapsed());
-        Ok((outcomes, created))
+        Ok(Committed {
+            outcomes,
+            created,
+            index_jobs: index_jobs.into_values().collect(),
+        })
     }
 
     /// Leaf hash of an already stored leaf, and whether a re-sent event's content differs from
     /// it (`None` when the leaf's content is no longer in the hot store).
     fn describe_stored(
         &self,
-        log_id: LogId,
+        key: &LogKey,
         leaf_index: u64,
         event_bytes: &[u8],
     ) -> Result<(Hash, Option<bool>), LedgerError> {
-        let reader = StoreHashReader::new(self.shared.store.as_ref(), log_id);
+        let log = &self.logs[key];
+        let log_id = log.info.log_id;
+        let reader = LogHashReader::new(
+            self.shared.store.as_ref(),
+            log_id,
+            Arc::new(log.edge.snapshot()),
+        );
         let hash = reader.read_hashes(&[NodeId::new(0, leaf_index)])?[0];
         let leaf = self
             .shared

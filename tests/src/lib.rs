@@ -47,6 +47,10 @@ pub fn tool_call(stream: u32, n: u64, tenant: &str, environment: &str) -> AuditE
         decision: 1,
         policy_id: "default".into(),
         policy_version: "7".into(),
+        decision_reason: format!(
+            "allowed: tool on the allow-list of role support-agent (rule {})",
+            n % 17
+        ),
         data_classification: "internal".into(),
         latency_ms: (n % 900) as u32,
         ..Default::default()

@@ -34,6 +34,9 @@ struct Args {
     /// Threads generating proofs.
     #[arg(long, default_value_t = 2)]
     proof_threads: usize,
+    /// Skip the raw RocksDB ceiling (for profiling the ledger alone).
+    #[arg(long)]
+    skip_raw: bool,
     /// Where to put the databases (default: a temp dir on the same disk as /tmp).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -139,21 +142,29 @@ fn main() -> anyhow::Result<()> {
                 .collect(),
         );
         let raw_db = db.clone();
-        let raw = drive(
-            appenders,
-            args.batch,
-            args.seconds,
-            Arc::new(move |t, n| {
-                let mut wb = rocksdb::WriteBatch::default();
-                for (i, p) in payloads[t].iter().enumerate() {
-                    let key = (((t as u64) << 48) | (n * 1_000_000 + i as u64)).to_be_bytes();
-                    wb.put(key, p);
-                }
-                let mut wo = rocksdb::WriteOptions::default();
-                wo.set_sync(true);
-                raw_db.write_opt(wb, &wo).expect("raw write");
-            }),
-        );
+        let raw = if args.skip_raw {
+            Run {
+                events: 0,
+                elapsed: Duration::from_secs(1),
+                latencies: Vec::new(),
+            }
+        } else {
+            drive(
+                appenders,
+                args.batch,
+                args.seconds,
+                Arc::new(move |t, n| {
+                    let mut wb = rocksdb::WriteBatch::default();
+                    for (i, p) in payloads[t].iter().enumerate() {
+                        let key = (((t as u64) << 48) | (n * 1_000_000 + i as u64)).to_be_bytes();
+                        wb.put(key, p);
+                    }
+                    let mut wo = rocksdb::WriteOptions::default();
+                    wo.set_sync(true);
+                    raw_db.write_opt(wb, &wo).expect("raw write");
+                }),
+            )
+        };
         drop(db);
 
         let dir = base.path().join(format!("ledger-{appenders}"));

@@ -103,9 +103,12 @@ fn cf_options(space: Space, opts: &RocksOptions, cache: &Cache) -> Options {
     o.set_level_compaction_dynamic_level_bytes(true);
     match space {
         Space::Leaves => {
+            // Flushes stay uncompressed (CPU on the ingest path is the scarce resource on small
+            // machines); data that settles at the bottom level is LZ4-compressed. Long-term
+            // storage is Parquet + zstd in the warm and cold tiers.
             o.set_block_based_table_factory(&table_options(cache, false));
-            o.set_compression_type(DBCompressionType::Lz4);
-            o.set_bottommost_compression_type(DBCompressionType::Zstd);
+            o.set_compression_type(DBCompressionType::None);
+            o.set_bottommost_compression_type(DBCompressionType::Lz4);
         }
         Space::EventIds | Space::LeafHashes => {
             o.set_block_based_table_factory(&table_options(cache, true));
