@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release -p auditledger-benches --bin ledger_load -- --appenders 1,8,64`
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, RwLock};
 use std::time::{Duration, Instant};
@@ -176,25 +177,31 @@ fn main() -> anyhow::Result<()> {
             Arc::new(RwLock::new(ring)),
             LedgerOptions::default(),
         )?);
-        let templates: Arc<Vec<_>> =
-            Arc::new((0..appenders).map(|t| events_for(t, args.batch)).collect());
+        let templates: Arc<Vec<std::sync::Mutex<Vec<_>>>> = Arc::new(
+            (0..appenders)
+                .map(|t| std::sync::Mutex::new(events_for(t, args.batch)))
+                .collect(),
+        );
         let l = ledger.clone();
         let mut run = drive(
             appenders,
             args.batch,
             args.seconds,
             Arc::new(move |t, n| {
-                // Fresh event ids per request so nothing is deduplicated.
-                let batch: Vec<_> = templates[t]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        let mut e = e.clone();
-                        e.event_id =
-                            auditledger_tests::event_id(t as u32, n * 1_000_000 + i as u64);
-                        e
-                    })
-                    .collect();
+                // Fresh event ids per request so nothing is deduplicated, rewritten in place:
+                // the harness must not add allocation work the raw run does not have.
+                let mut batch = templates[t].lock().expect("per-thread batch");
+                for (i, e) in batch.iter_mut().enumerate() {
+                    let seq = n * 1_000_000 + i as u64;
+                    e.event_id.clear();
+                    let _ = write!(
+                        e.event_id,
+                        "01936f0e-7a2b-7{:03x}-8{:03x}-{:012x}",
+                        t & 0xfff,
+                        (seq >> 48) & 0xfff,
+                        seq & 0xffff_ffff_ffff
+                    );
+                }
                 l.append_blocking("bench", &batch).expect("append");
             }),
         );

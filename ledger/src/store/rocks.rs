@@ -144,6 +144,9 @@ impl RocksStore {
         db_opts.set_wal_bytes_per_sync(1 << 20);
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(4);
+        // The group commit (synced) and the leaf-hash indexer (unsynced) write concurrently:
+        // pipelining lets one's WAL write proceed while the other inserts into memtables.
+        db_opts.set_enable_pipelined_write(true);
         // Every write is synced, so after a crash only an unacknowledged tail record can be
         // torn; tolerate that, but refuse to open (instead of silently truncating, the default)
         // when a record in the middle of the WAL is corrupt.
