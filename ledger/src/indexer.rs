@@ -59,7 +59,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: mpsc::Receiver<IndexJob>) {
                 .or_insert_with(|| (job.info.clone(), end));
             slot.1 = slot.1.max(end);
         }
-        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        keyed.sort_unstable_by_key(|k| k.0);
         for (key, index) in keyed {
             batch.put(
                 Space::LeafHashes,

@@ -1154,6 +1154,7 @@ mod tests {
         ledger.append_blocking("gw", &[event(1, "acme")]).unwrap();
         store.set_write_faults(WriteFaults {
             fail_next: 1,
+            durable_only: true,
             ..Default::default()
         });
         let err = ledger

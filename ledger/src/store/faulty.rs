@@ -17,6 +17,9 @@ pub struct WriteFaults {
     pub fail_all: Option<StoreError>,
     /// Sleep this long before each write (slow disk).
     pub delay: Duration,
+    /// Apply the faults above only to durable (synced) writes, leaving background writes
+    /// (such as the leaf-hash indexer's) alone.
+    pub durable_only: bool,
 }
 
 #[derive(Debug)]
@@ -71,7 +74,10 @@ impl<S: Store> Store for FaultyStore<S> {
     fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError> {
         let (delay, fault) = {
             let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
-            let fault = if let Some(err) = &faults.fail_all {
+            let applies = durable || !faults.durable_only;
+            let fault = if !applies {
+                None
+            } else if let Some(err) = &faults.fail_all {
                 Some(err.clone())
             } else if faults.fail_next > 0 {
                 faults.fail_next -= 1;
