@@ -165,6 +165,10 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
 
     let router = Server::builder()
         .tcp_nodelay(true)
+        // Gateways keep several multi-megabyte batches in flight per stream; HTTP/2's default
+        // 64 KiB windows would stall them on flow control.
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)

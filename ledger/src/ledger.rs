@@ -680,7 +680,12 @@ fn run_checkpointer(shared: Arc<Shared>) {
             }
             guard.0 = false;
         }
-        if let Err(e) = shared.checkpoint_pass() {
+        let started = std::time::Instant::now();
+        let result = shared.checkpoint_pass();
+        if started.elapsed() > Duration::from_millis(200) {
+            tracing::warn!(took = ?started.elapsed(), "slow checkpoint pass");
+        }
+        if let Err(e) = result {
             tracing::error!(error = %e, "checkpoint pass failed");
             // Back off a little so a persistent failure does not spin.
             std::thread::sleep(Duration::from_millis(100));

@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds (microseconds) of histogram buckets; the last bucket is +Inf.
-pub const LATENCY_BUCKETS_US: [u64; 16] = [
+pub const LATENCY_BUCKETS_US: [u64; 21] = [
     50, 100, 250, 500, 1_000, 2_000, 3_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-    500_000, 1_000_000, 5_000_000,
+    500_000, 1_000_000, 1_250_000, 1_500_000, 2_000_000, 3_000_000, 5_000_000, 10_000_000,
 ];
 
 /// A fixed-bucket histogram of durations.

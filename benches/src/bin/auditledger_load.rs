@@ -252,6 +252,9 @@ async fn appends(args: Args, target: String) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for conn in 0..args.connections {
         let channel = Channel::from_shared(target.clone())?
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(32 << 20))
+            .tcp_nodelay(true)
             .connect()
             .await
             .with_context(|| format!("connecting to {target}"))?;
@@ -426,6 +429,8 @@ fn main() -> anyhow::Result<()> {
             let addr = listener.local_addr()?;
             tokio::spawn(
                 Server::builder()
+                    .initial_stream_window_size(Some(8 << 20))
+                    .initial_connection_window_size(Some(32 << 20))
                     .add_service(
                         pb::ingest_server::IngestServer::new(Sink)
                             .max_decoding_message_size(64 << 20),

@@ -111,6 +111,11 @@ fn cf_options(space: Space, opts: &RocksOptions, cache: &Cache) -> Options {
             o.set_bottommost_compression_type(DBCompressionType::Lz4);
         }
         Space::EventIds | Space::LeafHashes => {
+            if space == Space::LeafHashes {
+                // Uniformly random keys: a small memtable keeps the skiplist that every insert
+                // searches in cache (measured +5–10 % ingest on 2 cores).
+                o.set_write_buffer_size(opts.write_buffer_bytes.min(8 << 20));
+            }
             o.set_block_based_table_factory(&table_options(cache, true));
             o.set_memtable_whole_key_filtering(true);
             o.set_memtable_prefix_bloom_ratio(0.05);

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# End-to-end gRPC benchmark (by hand, not in CI): a fresh ledger served by `auditledger serve`,
+# driven by `auditledger-load` on the same machine: a run paced at 50k events/s (latency, on
+# the fresh database), an unlimited run (throughput), the no-op sink with the same client
+# settings (transport ceiling), and GetInclusionProof throughput.
+#   benches/run-grpc-load.sh [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+SECONDS_PER_RUN="${1:-20}"
+BIN="$CARGO_TARGET_DIR/debug"
+cargo test --workspace --all-targets --locked --no-run >/dev/null 2>&1
+WORK="$(mktemp -d /work/grpc-load.XXXXXX 2>/dev/null || mktemp -d)"
+trap 'kill $SERVER 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+"$BIN/auditledger" init "$WORK/ledger" >/dev/null
+CONFIG="$WORK/ledger/config.toml"
+GW="$("$BIN/auditledger" token create --config "$CONFIG" --tenant bench --env prod --role gateway | tail -n1)"
+AUD="$("$BIN/auditledger" token create --config "$CONFIG" --tenant bench --env prod --role auditor | tail -n1)"
+export AUDITLEDGER_QUOTAS_EVENTS_PER_SECOND=0 AUDITLEDGER_QUOTAS_BYTES_PER_SECOND=0 AUDITLEDGER_LOG=warn
+"$BIN/auditledger" serve --config "$CONFIG" --listen 127.0.0.1:50551 > "$WORK/serve.out" 2>"$WORK/serve.err" &
+SERVER=$!
+for _ in $(seq 1 100); do grep -q "listening" "$WORK/serve.out" && break; sleep 0.1; done
+METRICS="http://$(sed -n 's#auditledger metrics on http://\(.*\)/metrics#\1#p' "$WORK/serve.out")/metrics"
+echo "== ledger, paced at 50k events/s"
+"$BIN/auditledger-load" --target http://127.0.0.1:50551 --token "$GW" --tenant bench --env prod \
+    --connections 8 --inflight 4 --batch 100 --rate 50000 --seconds "$SECONDS_PER_RUN" --metrics "$METRICS"
+echo "== ledger, unlimited rate"
+"$BIN/auditledger-load" --target http://127.0.0.1:50551 --token "$GW" --tenant bench --env prod \
+    --connections 8 --inflight 4 --batch 100 --seconds "$SECONDS_PER_RUN" --metrics "$METRICS"
+echo "== no-op sink, same client"
+"$BIN/auditledger-load" --sink --connections 8 --inflight 4 --batch 100 --seconds "$SECONDS_PER_RUN"
+echo "== inclusion proofs (auditor token: proofs without contents)"
+"$BIN/auditledger-load" --proofs --target http://127.0.0.1:50551 --token "$AUD" --tenant bench --env prod \
+    --connections 4 --inflight 8 --seconds 10
