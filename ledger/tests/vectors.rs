@@ -1,17 +1,23 @@
 //! Reproduces the shared test vectors (`../shared/testvectors`, copied into `tests/vectors`)
 //! byte for byte.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use auditledger_ledger::checkpoint::{self, Checkpoint, body_hash};
 use auditledger_ledger::merkle::{self, CompactRange, Hash, MemoryTree, leaf_hash};
 use auditledger_ledger::note::{SignerKey, VerifierKey};
 use serde_json::Value;
 
+/// The crate directory at run time: the CI clone and a developer checkout share one target
+/// directory, so a compile-time `env!` path could name the other checkout.
+fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn load(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/vectors")
-        .join(name);
+    let path = crate_dir().join("tests/vectors").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -50,18 +56,13 @@ fn tree() -> (MemoryTree, Vec<Hash>) {
 
 #[test]
 fn copies_match_the_shared_vectors() {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testvectors");
+    let shared = crate_dir().join("../../shared/testvectors");
     if !shared.exists() {
         // CI clones only this repository; the copy under tests/vectors is then authoritative.
         return;
     }
     for name in ["merkle.json", "checkpoint.json"] {
-        let ours = std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/vectors")
-                .join(name),
-        )
-        .unwrap();
+        let ours = std::fs::read(crate_dir().join("tests/vectors").join(name)).unwrap();
         let theirs = std::fs::read(shared.join(name)).unwrap();
         assert_eq!(ours, theirs, "{name} drifted from ../shared/testvectors");
     }
