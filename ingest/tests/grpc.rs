@@ -786,6 +786,130 @@ fn expired_token_and_quotas() {
 }
 
 #[test]
+fn stream_and_byte_quotas() {
+    let ledger = Ledger::init("quotas.max_streams_per_tenant = 1\nquotas.bytes_per_second = 20000");
+    let gw = ledger.token("gateway", &["acme"], &["prod"], None);
+    let other = ledger.token("gateway", &["globex"], &["prod"], None);
+    let server = Server::start(&ledger);
+    rt().block_on(async {
+        let mut ingest = server.ingest().await;
+        // Opens a stream for `tenant` and has one request answered on it.
+        async fn open(
+            ingest: &mut pb::ingest_client::IngestClient<tonic::transport::Channel>,
+            tenant: &str,
+            token: &str,
+            seq: u64,
+        ) -> Result<
+            (
+                tokio::sync::mpsc::Sender<pb::AppendRequest>,
+                tonic::Streaming<pb::AppendResponse>,
+            ),
+            tonic::Status,
+        > {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(pb::AppendRequest {
+                events: vec![event(tenant, "prod", seq)],
+                wait_for_checkpoint: false,
+            })
+            .await
+            .unwrap();
+            let mut responses = ingest
+                .append_stream(authed(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    token,
+                ))
+                .await?
+                .into_inner();
+            let first = responses.message().await?.expect("one response");
+            assert!(first.error.is_none(), "{:?}", first.error);
+            Ok((tx, responses))
+        }
+        let held = open(&mut ingest, "acme", &gw, 1).await.unwrap();
+        let err = open(&mut ingest, "acme", &gw, 2).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+        assert!(err.message().contains("open AppendStreams"), "{}", err.message());
+        assert!(err.metadata().get("retry-after-ms").is_some());
+        // Another tenant still gets its stream.
+        let globex = open(&mut ingest, "globex", &other, 1).await.unwrap();
+        // Closing the first stream frees the slot (released when the server sees the end).
+        drop(held);
+        let mut reopened = None;
+        for _ in 0..50 {
+            match open(&mut ingest, "acme", &gw, 3).await {
+                Ok(s) => {
+                    reopened = Some(s);
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        assert!(reopened.is_some(), "the stream slot was never released");
+        drop((reopened, globex));
+
+        // 20 000 bytes/s with a one-second burst: a batch of 60 % of that passes, the next one
+        // is refused naming bytes, and nothing of the refused batch is appended.
+        let size = prost::Message::encoded_len(&event("acme", "prod", 10)) as u64;
+        let n = 12_000 / size;
+        let batch = |seq: u64| {
+            (0..n)
+                .map(|i| event("acme", "prod", seq + i))
+                .collect::<Vec<_>>()
+        };
+        let first = ingest
+            .append(authed(
+                pb::AppendRequest {
+                    events: batch(10),
+                    wait_for_checkpoint: false,
+                },
+                &gw,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let refused = batch(10 + n);
+        let err = ingest
+            .append(authed(
+                pb::AppendRequest {
+                    events: refused.clone(),
+                    wait_for_checkpoint: false,
+                },
+                &gw,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+        assert!(err.message().contains("bytes"), "{}", err.message());
+        let retry: u64 = err
+            .metadata()
+            .get("retry-after-ms")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(retry + 50)).await;
+        let again = ingest
+            .append(authed(
+                pb::AppendRequest {
+                    events: refused,
+                    wait_for_checkpoint: false,
+                },
+                &gw,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        // The retried batch follows the first directly: the refusal appended nothing.
+        let last_first = first.receipts.last().unwrap().leaf_index;
+        assert_eq!(again.receipts[0].leaf_index, last_first + 1);
+        assert!(again.receipts.iter().all(|r| !r.duplicate));
+    });
+}
+
+#[test]
 fn health_reflection_and_metrics() {
     let ledger = Ledger::init("");
     let server = Server::start(&ledger);

@@ -1,6 +1,6 @@
 //! Group commit: one thread turns every pending append request (from all streams and
-//! connections) into a single `WriteBatch` — leaves, event-id and leaf-hash index entries,
-//! tiles and log state — written with a synced WAL. Receipts go out only after that write
+//! connections) into a single `WriteBatch` — leaves, event-id index entries, completed tiles
+//! and log state — written with a synced WAL. Receipts go out only after that write
 //! returns, so an acknowledged event is durable; a failed write acknowledges nothing.
 //!
 //! Sequencing and integration happen in the same batch: tile hashing costs about one BLAKE3

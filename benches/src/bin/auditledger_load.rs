@@ -4,7 +4,8 @@
 //! events; reports durable events/s and p50/p95/p99 acknowledgement latency. `--rate` paces the
 //! load (for latency at a fixed rate). `--sink` runs the same client against an in-process
 //! no-op server that acknowledges without storing: the transport ceiling of the same run.
-//! `--proofs` measures `GetInclusionProof` throughput instead.
+//! `--proofs` measures `GetInclusionProof` throughput instead (with `--sink`: against a no-op
+//! `Log` service returning proofs of the same size).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -297,9 +298,95 @@ async fn appends(args: Args, target: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn proofs(args: Args) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(args.target.clone())?.connect().await?;
-    let mut log = pb::log_client::LogClient::new(channel.clone());
+/// A `Log` service answering every `GetInclusionProof` with a canned proof of realistic size
+/// (22 hashes and a checkpoint note, as for a ~2.5 M-leaf log): the unary transport ceiling.
+struct ProofSink {
+    note: String,
+}
+
+/// Tree size the proof sink claims.
+const SINK_TREE_SIZE: u64 = 2_500_000;
+
+impl ProofSink {
+    fn new() -> ProofSink {
+        // Base64 of 32 bytes 0x07 (the root) and of 68 bytes 0x09 (a key id and a signature).
+        let root = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+        let sig = "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=";
+        ProofSink {
+            note: format!(
+                "auditledger.example/bench/prod\n{SINK_TREE_SIZE}\n{root}\ntime 1763700000000000000\n\n\u{2014} auditledger.example {sig}\n"
+            ),
+        }
+    }
+
+    fn checkpoint(&self) -> pb::SignedCheckpoint {
+        pb::SignedCheckpoint {
+            note: self.note.clone(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::log_server::Log for ProofSink {
+    async fn get_checkpoint(
+        &self,
+        _: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::SignedCheckpoint>, Status> {
+        Ok(Response::new(self.checkpoint()))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        let leaf_index = match request.into_inner().key {
+            Some(pb::get_inclusion_proof_request::Key::LeafIndex(i)) => i,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the sink answers by leaf_index only",
+                ));
+            }
+        };
+        Ok(Response::new(pb::InclusionProof {
+            leaf_index,
+            tree_size: SINK_TREE_SIZE,
+            hashes: vec![vec![3u8; 32]; 22],
+            leaf: Vec::new(),
+            checkpoint: Some(self.checkpoint()),
+            leaf_hash: vec![5u8; 32],
+            ..Default::default()
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        _: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        Err(Status::unimplemented(
+            "the proof sink serves inclusion proofs only",
+        ))
+    }
+
+    type GetEntriesStream = ReceiverStream<Result<pb::Entry, Status>>;
+
+    async fn get_entries(
+        &self,
+        _: Request<pb::GetEntriesRequest>,
+    ) -> Result<Response<Self::GetEntriesStream>, Status> {
+        Err(Status::unimplemented(
+            "the proof sink serves inclusion proofs only",
+        ))
+    }
+}
+
+async fn proofs(args: Args, target: String) -> anyhow::Result<()> {
+    // One HTTP/2 connection per `--connections`: a connection is driven by one task on each
+    // side, so a single one would cap the run at about one core.
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(Channel::from_shared(target.clone())?.connect().await?);
+    }
+    let mut log = pb::log_client::LogClient::new(channels[0].clone());
     let cp = log
         .get_checkpoint(authed(
             pb::GetCheckpointRequest {
@@ -322,10 +409,11 @@ async fn proofs(args: Args) -> anyhow::Result<()> {
         bail!("the log is empty");
     }
     let done = Arc::new(AtomicU64::new(0));
-    let stop_at = Instant::now() + Duration::from_secs(args.seconds);
+    let start = Instant::now();
+    let stop_at = start + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
-    for t in 0..args.connections * args.inflight {
-        let mut log = pb::log_client::LogClient::new(channel.clone());
+    for t in 0..channels.len() * args.inflight {
+        let mut log = pb::log_client::LogClient::new(channels[t % channels.len()].clone());
         let (args, done) = (args.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(t as u64 + 3);
@@ -339,7 +427,10 @@ async fn proofs(args: Args) -> anyhow::Result<()> {
                     tree_size: size,
                     justification: String::new(),
                 };
-                log.get_inclusion_proof(authed(req, &args.token)?).await?;
+                let proof = log.get_inclusion_proof(authed(req, &args.token)?).await?;
+                if proof.get_ref().hashes.is_empty() && size > 1 {
+                    bail!("empty proof for a tree of {size} leaves");
+                }
                 done.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
@@ -348,11 +439,14 @@ async fn proofs(args: Args) -> anyhow::Result<()> {
     for t in tasks {
         t.await??;
     }
+    let elapsed = start.elapsed().as_secs_f64();
     println!("machine: {}", machine());
     println!(
-        "GetInclusionProof: {:.0} proofs/s ({} concurrent callers, random leaves of a {size}-leaf log)",
-        done.load(Ordering::Relaxed) as f64 / args.seconds as f64,
-        args.connections * args.inflight
+        "{} GetInclusionProof: {:.0} proofs/s ({} connections x {} in flight, random leaves of a {size}-leaf log)",
+        if args.sink { "proof sink" } else { "ledger" },
+        done.load(Ordering::Relaxed) as f64 / elapsed,
+        channels.len(),
+        args.inflight
     );
     Ok(())
 }
@@ -422,7 +516,21 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         if args.proofs {
-            return proofs(args).await;
+            let target = if args.sink {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?;
+                tokio::spawn(
+                    Server::builder()
+                        .add_service(pb::log_server::LogServer::new(ProofSink::new()))
+                        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                            listener,
+                        )),
+                );
+                format!("http://{addr}")
+            } else {
+                args.target.clone()
+            };
+            return proofs(args, target).await;
         }
         let target = if args.sink {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
