@@ -827,7 +827,11 @@ fn stream_and_byte_quotas() {
         let held = open(&mut ingest, "acme", &gw, 1).await.unwrap();
         let err = open(&mut ingest, "acme", &gw, 2).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
-        assert!(err.message().contains("open AppendStreams"), "{}", err.message());
+        assert!(
+            err.message().contains("open AppendStreams"),
+            "{}",
+            err.message()
+        );
         assert!(err.metadata().get("retry-after-ms").is_some());
         // Another tenant still gets its stream.
         let globex = open(&mut ingest, "globex", &other, 1).await.unwrap();

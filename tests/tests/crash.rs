@@ -1,7 +1,8 @@
 //! Crash safety: a child appends under concurrent load and is killed with SIGKILL at random
 //! moments, round after round on the same data directory. After each kill every acknowledged
 //! event must be present at its acknowledged index with its acknowledged hash, and fsck must
-//! be clean (tiles, indexes, checkpoint signatures and chain).
+//! be clean (tiles, indexes, checkpoint signatures and chain). Every fifth kill lands during
+//! start-up, while the child is still recovering the store.
 //!
 //! Rounds: `AUDITLEDGER_CRASH_ROUNDS` (default 25). Seed: `AUDITLEDGER_CRASH_SEED`.
 
@@ -69,34 +70,49 @@ fn sigkill_under_load_loses_no_acknowledged_event() {
             .unwrap();
         next_seq += 1 << 32;
         let stdout = child.stdout.take().unwrap();
+        let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                match line {
-                    Ok(l) => lines.push(l),
-                    Err(_) => break,
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
                 }
             }
-            lines
         });
-        // Let it run between 50 and 600 ms after start-up, then kill without warning.
-        let deadline = Instant::now() + Duration::from_millis(rng.range(50, 600));
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("round {round}: child exited early with {status}");
+        // Every fifth round kills the child 0–50 ms after spawning it, usually while it is
+        // still opening the store (WAL replay, right-edge rebuild, leaf-hash catch-up): a crash
+        // during recovery must be as harmless as one during appends. Other rounds wait for
+        // READY (the store is open) and then let it append for 50–600 ms.
+        let during_startup = round % 5 == 4;
+        let mut lines = Vec::new();
+        if during_startup {
+            std::thread::sleep(Duration::from_millis(rng.range(0, 50)));
+        } else {
+            let ready = line_rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("round {round}: child did not start within 60 s ({e})"));
+            assert_eq!(ready, "READY", "round {round}: unexpected first line");
+            lines.push(ready);
+            let deadline = Instant::now() + Duration::from_millis(rng.range(50, 600));
+            while Instant::now() < deadline {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("round {round}: child exited early with {status}");
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(5));
         }
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
-        let lines = reader.join().unwrap();
-        assert_eq!(
-            lines.first().map(String::as_str),
-            Some("READY"),
-            "round {round}: child did not start"
-        );
+        reader.join().unwrap();
+        lines.extend(line_rx.try_iter());
+        if !during_startup || !lines.is_empty() {
+            assert_eq!(
+                lines.first().map(String::as_str),
+                Some("READY"),
+                "round {round}: unexpected first line"
+            );
+        }
         let before = acked.len();
-        for line in &lines[1..] {
+        for line in lines.iter().skip(1) {
             // Only the very last line can be cut off by the kill.
             match parse_ack(line) {
                 Some((id, ack)) => {
