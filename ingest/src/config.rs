@@ -51,6 +51,9 @@ pub struct LedgerSection {
     pub block_cache_bytes: usize,
     /// RocksDB memtable per column family, bytes.
     pub write_buffer_bytes: usize,
+    /// Run RocksDB compactions at the lowest CPU and I/O priority, so that they use idle
+    /// cycles instead of competing with acknowledgements.
+    pub low_priority_compaction: bool,
     /// Event bytes accepted but not yet durable before appends wait (backpressure).
     pub max_inflight_bytes: usize,
 }
@@ -65,6 +68,7 @@ impl Default for LedgerSection {
             segment_bits: 16,
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
+            low_priority_compaction: true,
             max_inflight_bytes: 256 << 20,
         }
     }
@@ -237,6 +241,9 @@ segment_bits = 16
 # RocksDB block cache and memtable size per column family, bytes.
 block_cache_bytes = 268435456
 write_buffer_bytes = 67108864
+# Run RocksDB compactions at the lowest CPU and I/O priority (they use idle cycles instead of
+# competing with acknowledgements; flushes keep normal priority).
+low_priority_compaction = true
 # Event bytes accepted but not yet durable before appends wait (backpressure).
 max_inflight_bytes = 268435456
 

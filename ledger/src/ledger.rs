@@ -356,6 +356,10 @@ impl std::fmt::Debug for Ledger {
 
 const PERMIT_BYTES: usize = 1024;
 
+/// Group commits whose leaf hashes may wait for the indexer before the sequencer waits too
+/// (about a second of commits under full load; a job holds 32 bytes per leaf).
+const INDEX_QUEUE_JOBS: usize = 256;
+
 impl Ledger {
     /// Opens the ledger on `store` with the system clock.
     pub fn open(
@@ -387,7 +391,9 @@ impl Ledger {
             sign_lock: Mutex::new(()),
             wake: Wake::default(),
         });
-        let (index_tx, index_rx) = std::sync::mpsc::channel();
+        // Bounded: if the indexer falls behind for long, commits wait for it instead of
+        // queueing leaf hashes without limit.
+        let (index_tx, index_rx) = std::sync::mpsc::sync_channel(INDEX_QUEUE_JOBS);
         let sequencer = Sequencer::new(shared.clone(), next_log_id, index_tx)?;
         let (tx, rx) = mpsc::channel(4096);
         // Order matters for close(): sequencer, then indexer, then checkpointer.

@@ -59,7 +59,7 @@ pub(crate) struct Sequencer {
     logs: HashMap<LogKey, SeqLog>,
     next_log_id: LogId,
     /// New leaf hashes go to the indexer after each successful commit.
-    index_tx: std::sync::mpsc::Sender<IndexJob>,
+    index_tx: std::sync::mpsc::SyncSender<IndexJob>,
 }
 
 /// What a successful group commit produced.
@@ -86,7 +86,7 @@ impl Sequencer {
     pub(crate) fn new(
         shared: Arc<Shared>,
         next_log_id: LogId,
-        index_tx: std::sync::mpsc::Sender<IndexJob>,
+        index_tx: std::sync::mpsc::SyncSender<IndexJob>,
     ) -> Result<Self, LedgerError> {
         let mut logs = HashMap::new();
         for info in shared.all_logs() {
@@ -153,10 +153,6 @@ impl Sequencer {
                 created,
                 index_jobs,
             }) => {
-                for job in index_jobs {
-                    // The indexer only stops after the sequencer; a send cannot fail before.
-                    let _ = self.index_tx.send(job);
-                }
                 for log in created {
                     self.shared.register_log(log);
                 }
@@ -221,6 +217,12 @@ impl Sequencer {
                         })
                         .collect();
                     let _ = submission.reply.send(Ok(receipts));
+                }
+                // After the receipts: a full queue (the indexer behind) delays the next group,
+                // never the acknowledgement of this one.
+                for job in index_jobs {
+                    // The indexer only stops after the sequencer; a send cannot fail before.
+                    let _ = self.index_tx.send(job);
                 }
             }
             Err(err) => {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType,
-    DBRecoveryMode, ErrorKind, Options, ReadOptions, WriteOptions,
+    DBRecoveryMode, Env, ErrorKind, Options, ReadOptions, WriteOptions,
 };
 
 use super::{Direction, Store, StoreError, WriteBatch, WriteOp};
@@ -24,6 +24,12 @@ pub struct RocksOptions {
     pub write_buffer_bytes: usize,
     /// Background flush + compaction threads.
     pub background_jobs: i32,
+    /// Run compactions at the lowest CPU and I/O priority (flushes keep normal priority).
+    /// On a small machine a compaction otherwise takes a whole core from the group commit and
+    /// the network threads for seconds at a time, which shows as acknowledgement-latency tails;
+    /// compaction still gets every idle cycle, and RocksDB's write stalls bound how far it can
+    /// fall behind.
+    pub low_priority_compaction: bool,
 }
 
 impl Default for RocksOptions {
@@ -32,6 +38,7 @@ impl Default for RocksOptions {
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
             background_jobs: 2,
+            low_priority_compaction: true,
         }
     }
 }
@@ -43,6 +50,7 @@ impl RocksOptions {
             block_cache_bytes: 8 << 20,
             write_buffer_bytes: 4 << 20,
             background_jobs: 1,
+            low_priority_compaction: false,
         }
     }
 }
@@ -145,6 +153,12 @@ impl RocksStore {
         db_opts.create_missing_column_families(true);
         db_opts.set_paranoid_checks(true);
         db_opts.set_max_background_jobs(opts.background_jobs);
+        if opts.low_priority_compaction {
+            let mut env = Env::new().map_err(map_err)?;
+            env.lower_thread_pool_cpu_priority();
+            env.lower_thread_pool_io_priority();
+            db_opts.set_env(&env);
+        }
         // Spread WAL syncing so the per-batch fsync has less to flush.
         db_opts.set_wal_bytes_per_sync(1 << 20);
         db_opts.set_bytes_per_sync(1 << 20);
