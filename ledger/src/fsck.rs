@@ -9,6 +9,7 @@ use crate::event::{self, EventId};
 use crate::layout::{self, FORMAT_VERSION, LogId, LogRecord, LogState, Space, TileView};
 use crate::merkle::{self, Hash, leaf_hash};
 use crate::note::VerifierKey;
+use crate::segments::SegmentRecord;
 use crate::store::{Direction, Store, StoreError};
 use std::sync::Arc;
 
@@ -20,6 +21,9 @@ pub struct LogReport {
     pub origin: String,
     pub tree_size: u64,
     pub leaves_checked: u64,
+    /// Leaves whose bytes were released to a warm/cold tier: their hashes were checked from
+    /// the tiles and against the segment records; their contents are the archive's to verify.
+    pub leaves_archived: u64,
     pub tiles_checked: u64,
     pub checkpoints_checked: u64,
     /// The first inconsistency, if any.
@@ -182,13 +186,52 @@ fn check_log(
             }
         },
     };
-    let edge = match check_leaves_and_tiles(store, log_id, record, &state, indexed, &mut report)? {
+    let segments = match load_segments(store, log_id, record, &state)? {
+        Ok(segments) => segments,
+        Err(problem) => {
+            report.problem = Some(problem);
+            return Ok(report);
+        }
+    };
+    let edge = match check_leaves_and_tiles(
+        store,
+        log_id,
+        record,
+        &state,
+        indexed,
+        &segments,
+        &mut report,
+    )? {
         Ok(edge) => Arc::new(edge),
         Err(problem) => {
             report.problem = Some(problem);
             return Ok(report);
         }
     };
+    // Every segment record names the tree's own node for its range.
+    let reader = LogHashReader::new(store, log_id, edge.clone());
+    for seg in &segments {
+        let node = merkle::NodeId::new(seg.bits, seg.start >> seg.bits);
+        let root = match merkle::HashReader::read_hashes(&reader, &[node]) {
+            Ok(h) => h[0],
+            Err(e) => {
+                report.problem = Some(format!("segment [{}, {}): {e}", seg.start, seg.end()));
+                return Ok(report);
+            }
+        };
+        if root != seg.root {
+            report.problem = Some(format!(
+                "segment [{}, {}) ({} tier): recorded root {} differs from the tree's {}",
+                seg.start,
+                seg.end(),
+                seg.tier,
+                hex::encode(seg.root),
+                hex::encode(root)
+            ));
+            return Ok(report);
+        }
+    }
+    drop(reader);
     // The leaf-hash index is asynchronous: it covers the leaves below its watermark.
     for (space, what, expected) in [
         (Space::EventIds, "event id", state.tree_size),
@@ -215,20 +258,97 @@ type Check = Result<Result<(), String>, StoreError>;
 /// Leaves checked per batch of index lookups.
 const CHUNK: u64 = 4096;
 
+/// The log's segment records, checked for shape: size, alignment, within the tree.
+fn load_segments(
+    store: &dyn Store,
+    log_id: LogId,
+    record: &LogRecord,
+    state: &LogState,
+) -> Result<Result<Vec<SegmentRecord>, String>, StoreError> {
+    let (from, to) = layout::meta_segment_range(log_id);
+    let mut raw = Vec::new();
+    store.scan(
+        Space::Meta,
+        &from,
+        Some(&to),
+        Direction::Forward,
+        &mut |k, v| {
+            raw.push((k.to_vec(), v.to_vec()));
+            true
+        },
+    )?;
+    let mut out = Vec::with_capacity(raw.len());
+    for (k, v) in raw {
+        let start = k.get(5..).and_then(layout::decode_u64);
+        let Some(seg) = start.and_then(|start| SegmentRecord::decode(start, &v)) else {
+            return Ok(Err(format!(
+                "malformed segment record under key {}",
+                hex::encode(&k)
+            )));
+        };
+        if seg.bits != record.segment_bits || seg.bits < layout::TILE_HEIGHT {
+            return Ok(Err(format!(
+                "segment [{}, {}) has 2^{} leaves; this log's segments have 2^{}",
+                seg.start,
+                seg.end(),
+                seg.bits,
+                record.segment_bits
+            )));
+        }
+        if seg.end() > state.tree_size {
+            return Ok(Err(format!(
+                "segment [{}, {}) reaches beyond the tree size {}",
+                seg.start,
+                seg.end(),
+                state.tree_size
+            )));
+        }
+        out.push(seg);
+    }
+    Ok(Ok(out))
+}
+
 fn check_leaves_and_tiles(
     store: &dyn Store,
     log_id: LogId,
     record: &LogRecord,
     state: &LogState,
     indexed: u64,
+    segments: &[SegmentRecord],
     report: &mut LogReport,
 ) -> Result<Result<EdgeSnapshot, String>, StoreError> {
     let mut edge = TileEdge::new();
     let mut completed = Vec::new();
     let mut last_logged_at = 0u64;
     let mut next = 0u64;
+    let mut released = segments.iter().filter(|s| s.hot_released).peekable();
     while next < state.tree_size {
-        let chunk_end = (next + CHUNK).min(state.tree_size);
+        if let Some(seg) = released.next_if(|s| s.start == next) {
+            let hashes = match archived_leaf_hashes(store, log_id, seg)? {
+                Ok(h) => h,
+                Err(p) => return Ok(Err(p)),
+            };
+            if let Err(p) = check_leaf_hash_index(store, log_id, next, &hashes, indexed)? {
+                return Ok(Err(p));
+            }
+            for hash in hashes {
+                edge.append(hash, &mut completed);
+                for (tile, value) in completed.drain(..) {
+                    match compare_tile(store, log_id, tile, &value) {
+                        Ok(()) => report.tiles_checked += 1,
+                        Err(LeafProblem::Store(e)) => return Err(e),
+                        Err(LeafProblem::Bad(p)) => return Ok(Err(p)),
+                    }
+                }
+            }
+            report.leaves_archived += seg.end() - seg.start;
+            next = seg.end();
+            continue;
+        }
+        let mut chunk_end = (next + CHUNK).min(state.tree_size);
+        if let Some(seg) = released.peek() {
+            chunk_end = chunk_end.min(seg.start);
+        }
         let mut leaves: Vec<(u64, Vec<u8>)> = Vec::with_capacity((chunk_end - next) as usize);
         let mut malformed = None;
         store.scan(
@@ -275,40 +395,11 @@ fn check_leaves_and_tiles(
             .iter()
             .map(|id| layout::event_id_key(log_id, &id.0))
             .collect();
-        let hash_keys: Vec<[u8; 16]> = hashes
-            .iter()
-            .take(indexed.saturating_sub(next) as usize)
-            .map(|h| layout::leaf_hash_key(log_id, h))
-            .collect();
-        for (space, keys, what) in [
-            (
-                Space::EventIds,
-                id_keys.iter().map(|k| &k[..]).collect::<Vec<&[u8]>>(),
-                "event id",
-            ),
-            (
-                Space::LeafHashes,
-                hash_keys.iter().map(|k| &k[..]).collect::<Vec<&[u8]>>(),
-                "leaf hash",
-            ),
-        ] {
-            let mut problem = None;
-            store.multi_get(space, &keys, &mut |i, value| {
-                if problem.is_some() {
-                    return;
-                }
-                let index = next + i as u64;
-                match value.and_then(layout::decode_u64) {
-                    Some(found) if found == index => {}
-                    Some(found) => {
-                        problem = Some(format!("leaf {index}: {what} index points to leaf {found}"))
-                    }
-                    None => problem = Some(format!("leaf {index}: {what} index entry missing")),
-                }
-            })?;
-            if let Some(p) = problem {
-                return Ok(Err(p));
-            }
+        if let Err(p) = check_index(store, Space::EventIds, "event id", next, &id_keys)? {
+            return Ok(Err(p));
+        }
+        if let Err(p) = check_leaf_hash_index(store, log_id, next, &hashes, indexed)? {
+            return Ok(Err(p));
         }
         for hash in hashes {
             edge.append(hash, &mut completed);
@@ -339,6 +430,83 @@ fn check_leaves_and_tiles(
         )));
     }
     Ok(Ok(edge.snapshot()))
+}
+
+/// Checks that `keys[i]` maps to leaf `first + i` in `space`.
+fn check_index<K: AsRef<[u8]>>(
+    store: &dyn Store,
+    space: Space,
+    what: &str,
+    first: u64,
+    keys: &[K],
+) -> Check {
+    let keys: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
+    let mut problem = None;
+    store.multi_get(space, &keys, &mut |i, value| {
+        if problem.is_some() {
+            return;
+        }
+        let index = first + i as u64;
+        match value.and_then(layout::decode_u64) {
+            Some(found) if found == index => {}
+            Some(found) => {
+                problem = Some(format!("leaf {index}: {what} index points to leaf {found}"))
+            }
+            None => problem = Some(format!("leaf {index}: {what} index entry missing")),
+        }
+    })?;
+    Ok(problem.map_or(Ok(()), Err))
+}
+
+/// Checks the leaf-hash index entries of leaves `first..` that lie below the watermark.
+fn check_leaf_hash_index(
+    store: &dyn Store,
+    log_id: LogId,
+    first: u64,
+    hashes: &[Hash],
+    indexed: u64,
+) -> Check {
+    let keys: Vec<[u8; 16]> = hashes
+        .iter()
+        .take(indexed.saturating_sub(first) as usize)
+        .map(|h| layout::leaf_hash_key(log_id, h))
+        .collect();
+    check_index(store, Space::LeafHashes, "leaf hash", first, &keys)
+}
+
+/// The leaf hashes of a released segment, read from its level-0 tiles; no leaf of it may
+/// remain in the hot store.
+fn archived_leaf_hashes(
+    store: &dyn Store,
+    log_id: LogId,
+    seg: &SegmentRecord,
+) -> Result<Result<Vec<Hash>, String>, StoreError> {
+    let range = format!("segment [{}, {}) ({} tier)", seg.start, seg.end(), seg.tier);
+    if let Some(i) = scan_first_index(store, log_id, seg.start)?
+        && i < seg.end()
+    {
+        return Ok(Err(format!(
+            "{range} is recorded as released from the hot tier, but leaf {i} is still there"
+        )));
+    }
+    let mut hashes = Vec::with_capacity((seg.end() - seg.start) as usize);
+    for index in seg.start / layout::TILE_WIDTH..seg.end() / layout::TILE_WIDTH {
+        let tile = layout::TileId { level: 0, index };
+        let name = format!("{range}: tile (level 0, index {index})");
+        let Some(bytes) = store.get(Space::Tiles, &layout::tile_key(log_id, tile))? else {
+            return Ok(Err(format!("{name} is missing")));
+        };
+        let Some(view) = TileView::parse(&bytes).filter(|v| v.width() == layout::TILE_WIDTH) else {
+            return Ok(Err(format!("{name} is malformed ({} bytes)", bytes.len())));
+        };
+        for pos in 0..layout::TILE_WIDTH {
+            match view.node(0, pos) {
+                Some(h) => hashes.push(h),
+                None => return Ok(Err(format!("{name} lacks leaf hash {pos}"))),
+            }
+        }
+    }
+    Ok(Ok(hashes))
 }
 
 /// Index of the first stored leaf at or after `from`.

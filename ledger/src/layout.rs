@@ -72,6 +72,7 @@ const META_ORIGIN_PREFIX: u8 = b'O';
 const META_LOG_PREFIX: u8 = b'L';
 const META_STATE_PREFIX: u8 = b'S';
 const META_INDEXED_PREFIX: u8 = b'H';
+const META_SEGMENT_PREFIX: u8 = b'G';
 
 /// `'O' ‖ origin bytes` → u32 log_id.
 pub fn meta_origin_key(origin: &str) -> Vec<u8> {
@@ -100,6 +101,25 @@ pub fn meta_state_key(log_id: LogId) -> [u8; 5] {
 /// watermark; written in the same batch as the entries).
 pub fn meta_indexed_key(log_id: LogId) -> [u8; 5] {
     prefixed(META_INDEXED_PREFIX, log_id)
+}
+
+/// `'G' ‖ log_id ‖ start u64` (13 bytes) → [`crate::segments::SegmentRecord`]: a segment of
+/// the log that was archived to a warm or cold tier.
+pub fn meta_segment_key(log_id: LogId, start: u64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..5].copy_from_slice(&prefixed(META_SEGMENT_PREFIX, log_id));
+    k[5..].copy_from_slice(&start.to_be_bytes());
+    k
+}
+
+/// First and one-past-last keys of one log's `'G'` records.
+pub fn meta_segment_range(log_id: LogId) -> ([u8; 5], [u8; 5]) {
+    let start = prefixed(META_SEGMENT_PREFIX, log_id);
+    let end = match log_id.checked_add(1) {
+        Some(next) => prefixed(META_SEGMENT_PREFIX, next),
+        None => [META_SEGMENT_PREFIX + 1, 0, 0, 0, 0],
+    };
+    (start, end)
 }
 
 fn prefixed(prefix: u8, log_id: LogId) -> [u8; 5] {
@@ -188,10 +208,10 @@ impl LogState {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&[u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -199,16 +219,16 @@ impl Reader<'_> {
         self.0 = tail;
         Some(head)
     }
-    fn u8(&mut self) -> Option<u8> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub(crate) fn u16(&mut self) -> Option<u16> {
         Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn string(&mut self) -> Option<String> {
+    pub(crate) fn string(&mut self) -> Option<String> {
         let len = self.u16()? as usize;
         String::from_utf8(self.take(len)?.to_vec()).ok()
     }

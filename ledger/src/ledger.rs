@@ -16,6 +16,7 @@ use crate::keys::Keyring;
 use crate::layout::{self, FORMAT_VERSION, LogId, LogRecord, LogState, Space};
 use crate::merkle::{self, Hash, HashReader, NodeId};
 use crate::metrics::LedgerMetrics;
+use crate::segments::{SegmentRecord, Tier};
 use crate::sequencer::{PreparedEvent, Sequencer, Submission};
 use crate::store::{Direction, Store, WriteBatch};
 use crate::tiles::{EdgeSnapshot, LogHashReader, TileEdge};
@@ -198,6 +199,8 @@ pub(crate) struct Shared {
     failure: Mutex<Option<String>>,
     /// Serialises checkpoint signing so each log's `prev` chain has one writer.
     sign_lock: Mutex<()>,
+    /// Serialises changes to segment records and hot-leaf releases.
+    segment_lock: Mutex<()>,
     wake: Wake,
 }
 
@@ -389,6 +392,7 @@ impl Ledger {
             logs: RwLock::new(logs.into_iter().map(|l| (l.key.clone(), l)).collect()),
             failure: Mutex::new(None),
             sign_lock: Mutex::new(()),
+            segment_lock: Mutex::new(()),
             wake: Wake::default(),
         });
         // Bounded: if the indexer falls behind for long, commits wait for it instead of
@@ -1081,12 +1085,7 @@ impl Log {
     /// Leaf index of a leaf hash. Waits (up to 5 s) for the asynchronous leaf-hash index to
     /// cover the current tree size, and verifies the full hash against the tree.
     pub async fn find_leaf_hash(&self, leaf_hash: &Hash) -> Result<Option<u64>, LedgerError> {
-        let size = self.tree_size();
-        let mut rx = self.info.indexed.subscribe();
-        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| *v >= size))
-            .await
-            .map_err(|_| LedgerError::Unavailable("the leaf-hash index is behind; retry".into()))?
-            .map_err(|_| LedgerError::Unavailable("ledger closed".into()))?;
+        self.wait_for_index(self.tree_size()).await?;
         let Some(index) = self.index_lookup(
             Space::LeafHashes,
             &layout::leaf_hash_key(self.info.log_id, leaf_hash),
@@ -1105,6 +1104,175 @@ impl Log {
     /// Leaves below this have their leaf-hash index entry.
     pub fn indexed_size(&self) -> u64 {
         *self.info.indexed.borrow()
+    }
+
+    /// Waits (up to 5 s) until the asynchronous leaf-hash index covers `size` leaves.
+    pub async fn wait_for_index(&self, size: u64) -> Result<(), LedgerError> {
+        let mut rx = self.info.indexed.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| *v >= size))
+            .await
+            .map_err(|_| LedgerError::Unavailable("the leaf-hash index is behind; retry".into()))?
+            .map_err(|_| LedgerError::Unavailable("ledger closed".into()))?;
+        Ok(())
+    }
+
+    /// Archived segments of this log (from the hot store's records), by start.
+    pub fn segments(&self) -> Result<Vec<SegmentRecord>, LedgerError> {
+        let (from, to) = layout::meta_segment_range(self.info.log_id);
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.shared.store.scan(
+            Space::Meta,
+            &from,
+            Some(&to),
+            Direction::Forward,
+            &mut |k, v| {
+                let start = k.get(5..).and_then(layout::decode_u64);
+                match start.and_then(|start| SegmentRecord::decode(start, v)) {
+                    Some(r) => {
+                        out.push(r);
+                        true
+                    }
+                    None => {
+                        bad = Some(hex::encode(k));
+                        false
+                    }
+                }
+            },
+        )?;
+        match bad {
+            Some(k) => Err(LedgerError::Corrupt(format!(
+                "{}: malformed segment record under key {k}",
+                self.info.origin
+            ))),
+            None => Ok(out),
+        }
+    }
+
+    /// The archive record of the segment holding `leaf_index`, if that segment was archived.
+    pub fn segment_of(&self, leaf_index: u64) -> Result<Option<SegmentRecord>, LedgerError> {
+        let bits = self.segment_bits();
+        let start = leaf_index >> bits << bits;
+        let key = layout::meta_segment_key(self.info.log_id, start);
+        match self.shared.store.get(Space::Meta, &key)? {
+            None => Ok(None),
+            Some(v) => SegmentRecord::decode(start, &v).map(Some).ok_or_else(|| {
+                LedgerError::Corrupt(format!(
+                    "{}: malformed segment record for [{start}, {})",
+                    self.info.origin,
+                    start + (1u64 << bits)
+                ))
+            }),
+        }
+    }
+
+    /// Root of the segment `[start, start + 2^segment_bits)`: the tree node above it, read from
+    /// the tiles. The segment must be complete.
+    pub fn segment_root(&self, start: u64) -> Result<Hash, LedgerError> {
+        let bits = self.segment_bits();
+        if !start.is_multiple_of(1u64 << bits) {
+            return Err(LedgerError::InvalidArgument(format!(
+                "segment start {start} is not a multiple of 2^{bits}"
+            )));
+        }
+        self.check_size("segment end", start + (1u64 << bits))?;
+        Ok(self
+            .hash_reader()
+            .read_hashes(&[NodeId::new(bits, start >> bits)])?[0])
+    }
+
+    /// Records (durably) that a segment is archived, as written and verified by the archiver.
+    /// Refuses a record whose root is not the tree's node for that range, whose size is not
+    /// the log's segment size, that names the hot tier, or that would bring released leaves
+    /// back into the hot tier.
+    pub fn record_segment(&self, record: &SegmentRecord) -> Result<(), LedgerError> {
+        let bits = self.segment_bits();
+        let range = format!("{} [{}, {})", self.info.origin, record.start, record.end());
+        if record.bits != bits {
+            return Err(LedgerError::InvalidArgument(format!(
+                "{range}: segment of 2^{} leaves, but this log's segments have 2^{bits}",
+                record.bits
+            )));
+        }
+        if record.tier == Tier::Hot {
+            return Err(LedgerError::InvalidArgument(format!(
+                "{range}: a segment record names the warm or cold tier holding it"
+            )));
+        }
+        let root = self.segment_root(record.start)?;
+        if root != record.root {
+            return Err(LedgerError::InvalidArgument(format!(
+                "{range}: segment root {} does not match the tree's {}",
+                hex::encode(record.root),
+                hex::encode(root)
+            )));
+        }
+        let _guard = self
+            .shared
+            .segment_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = self.segment_of(record.start)?
+            && existing.hot_released
+            && !record.hot_released
+        {
+            return Err(LedgerError::InvalidArgument(format!(
+                "{range}: the hot leaves were already released; the record must say so"
+            )));
+        }
+        let mut batch = WriteBatch::with_capacity(1);
+        batch.put(
+            Space::Meta,
+            layout::meta_segment_key(self.info.log_id, record.start).to_vec(),
+            record.encode(),
+        );
+        self.shared.store.write(batch, true)?;
+        Ok(())
+    }
+
+    /// Deletes the hot copy of an archived segment's leaf bytes, atomically with marking its
+    /// record released. Returns false if they were already released. Tiles, indexes and
+    /// checkpoints stay; reads of these leaves must then go to the segment's tier.
+    pub fn release_hot_leaves(&self, start: u64) -> Result<bool, LedgerError> {
+        let _guard = self
+            .shared
+            .segment_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(mut record) = self.segment_of(start)?.filter(|r| r.start == start) else {
+            return Err(LedgerError::NotFound(format!(
+                "{}: no archived segment starts at {start}; record it before releasing",
+                self.info.origin
+            )));
+        };
+        if record.hot_released {
+            return Ok(false);
+        }
+        // The indexer's catch-up after a crash re-reads leaves from its watermark: release
+        // only what it has covered.
+        if self.indexed_size() < record.end() {
+            return Err(LedgerError::Unavailable(format!(
+                "{}: the leaf-hash index covers {} leaves, not yet all of [{start}, {}); retry",
+                self.info.origin,
+                self.indexed_size(),
+                record.end()
+            )));
+        }
+        record.hot_released = true;
+        record.recorded_at = self.shared.clock.now_nanos();
+        let mut batch = WriteBatch::with_capacity(2);
+        batch.delete_range(
+            Space::Leaves,
+            layout::leaf_key(self.info.log_id, start).to_vec(),
+            layout::leaf_key(self.info.log_id, record.end()).to_vec(),
+        );
+        batch.put(
+            Space::Meta,
+            layout::meta_segment_key(self.info.log_id, start).to_vec(),
+            record.encode(),
+        );
+        self.shared.store.write(batch, true)?;
+        Ok(true)
     }
 
     fn index_lookup(&self, space: Space, key: &[u8]) -> Result<Option<u64>, LedgerError> {

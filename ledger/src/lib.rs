@@ -17,6 +17,7 @@ mod ledger;
 pub mod merkle;
 pub mod metrics;
 pub mod note;
+pub mod segments;
 mod sequencer;
 pub mod store;
 pub mod tiles;

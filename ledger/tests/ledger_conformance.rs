@@ -10,6 +10,7 @@ use auditledger_ledger::keys::Keyring;
 use auditledger_ledger::layout::{self, Space};
 use auditledger_ledger::merkle::{self, leaf_hash};
 use auditledger_ledger::note::SignerKey;
+use auditledger_ledger::segments::{SegmentRecord, Tier};
 use auditledger_ledger::store::memory::MemoryStore;
 use auditledger_ledger::store::rocks::{RocksOptions, RocksStore};
 use auditledger_ledger::store::{Store, WriteBatch};
@@ -55,6 +56,7 @@ fn suite(make: &dyn Fn() -> Arc<dyn Store>) {
     concurrent_appenders_get_unique_contiguous_indexes(make());
     restart_keeps_everything_and_chains_checkpoints(make());
     leaf_hash_index_tail_is_rebuilt_on_open(make());
+    archived_segments_release_hot_leaves_and_keep_proofs(make());
     fsck_detects_tampering(make);
 }
 
@@ -291,6 +293,169 @@ fn leaf_hash_index_tail_is_rebuilt_on_open(store: Arc<dyn Store>) {
     );
     assert_eq!(rt.block_on(log.find_leaf_hash(&[0u8; 32])).unwrap(), None);
     ledger.close().unwrap();
+}
+
+fn fsck_problems(store: &Arc<dyn Store>) -> Vec<String> {
+    fsck::check(store.as_ref(), &[signer().verifier()])
+        .unwrap()
+        .problems()
+}
+
+fn archived_segments_release_hot_leaves_and_keep_proofs(store: Arc<dyn Store>) {
+    let opts = LedgerOptions {
+        segment_bits: 8,
+        ..options()
+    };
+    let ledger = Ledger::open(store.clone(), keyring(), opts.clone()).unwrap();
+    let events: Vec<AuditEvent> = (0..3 * 256 + 10)
+        .map(|n| event(n, "acme", "prod"))
+        .collect();
+    let receipts = ledger.append_blocking("gw", &events).unwrap();
+    let log = ledger.log("acme", "prod").unwrap();
+    assert_eq!(log.segment_bits(), 8);
+    // fsck below reads the store under a live ledger: let the asynchronous index settle.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(log.wait_for_index(log.tree_size()))
+        .unwrap();
+    let root = log.segment_root(256).unwrap();
+    let record = SegmentRecord {
+        start: 256,
+        bits: 8,
+        tier: Tier::Warm,
+        root,
+        object: "acme/prod/segments/256-512.parquet".into(),
+        object_blake3: [1; 32],
+        object_bytes: 1000,
+        content_expired: false,
+        hot_released: false,
+        recorded_at: 1,
+    };
+    // Refused: wrong root, wrong size, the hot tier, an incomplete segment, releasing first.
+    let err = log
+        .record_segment(&SegmentRecord {
+            root: [0; 32],
+            ..record.clone()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("does not match the tree"), "{err}");
+    let err = log
+        .record_segment(&SegmentRecord {
+            bits: 9,
+            start: 0,
+            ..record.clone()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("2^9"), "{err}");
+    let err = log
+        .record_segment(&SegmentRecord {
+            tier: Tier::Hot,
+            ..record.clone()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("warm or cold"), "{err}");
+    assert!(
+        log.segment_root(3 * 256).is_err(),
+        "segment 3 is incomplete"
+    );
+    let err = log.release_hot_leaves(256).unwrap_err();
+    assert!(err.to_string().contains("record it before"), "{err}");
+    assert!(log.segments().unwrap().is_empty());
+
+    log.record_segment(&record).unwrap();
+    assert_eq!(log.segments().unwrap(), vec![record.clone()]);
+    assert_eq!(log.segment_of(300).unwrap(), Some(record.clone()));
+    assert_eq!(log.segment_of(100).unwrap(), None);
+    assert!(
+        log.leaf(300).unwrap().is_some(),
+        "recording alone keeps the hot copy"
+    );
+    let problems = fsck_problems(&store);
+    assert!(problems.is_empty(), "{problems:?}");
+
+    assert!(log.release_hot_leaves(256).unwrap());
+    assert!(
+        !log.release_hot_leaves(256).unwrap(),
+        "second release is a no-op"
+    );
+    assert_eq!(log.leaf(300).unwrap(), None);
+    assert!(log.leaf(255).unwrap().is_some() && log.leaf(512).unwrap().is_some());
+    let released = log.segment_of(300).unwrap().unwrap();
+    assert!(released.hot_released);
+    let err = log.record_segment(&record).unwrap_err();
+    assert!(err.to_string().contains("already released"), "{err}");
+    log.record_segment(&SegmentRecord {
+        tier: Tier::Cold,
+        hot_released: true,
+        ..record.clone()
+    })
+    .unwrap();
+
+    // Proofs and lookups of released leaves still work from the tiles and indexes.
+    let size = log.tree_size();
+    let tree_root = log.root(size).unwrap();
+    let proof = log.inclusion_proof(300, size).unwrap();
+    merkle::verify_inclusion(300, size, &receipts[300].leaf_hash, &proof, &tree_root).unwrap();
+    assert_eq!(log.leaf_hash(300).unwrap(), receipts[300].leaf_hash);
+    let id = auditledger_ledger::event::EventId::parse(&events[300].event_id).unwrap();
+    assert_eq!(log.find_event(&id).unwrap(), Some(300));
+    // A re-sent archived event is still a duplicate at its original index.
+    let again = ledger.append_blocking("gw", &events[300..301]).unwrap();
+    assert!(again[0].duplicate && again[0].leaf_index == 300);
+    let report = fsck::check(store.as_ref(), &[signer().verifier()]).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems());
+    assert_eq!(report.logs[0].leaves_archived, 256);
+    assert_eq!(report.logs[0].leaves_checked, size - 256);
+    ledger.close().unwrap();
+    drop(ledger);
+
+    // Reopen: the right edge does not need released leaves; appends continue.
+    let ledger = Ledger::open(store.clone(), keyring(), opts).unwrap();
+    let log = ledger.log("acme", "prod").unwrap();
+    assert_eq!(log.tree_size(), size);
+    let more = ledger
+        .append_blocking("gw", &[event(10_000, "acme", "prod")])
+        .unwrap();
+    assert_eq!(more[0].leaf_index, size);
+    ledger.close().unwrap();
+    drop(ledger);
+    let problems = fsck_problems(&store);
+    assert!(problems.is_empty(), "{problems:?}");
+
+    // fsck: a leaf left behind in a released range, and a record whose root is wrong.
+    let key = layout::leaf_key(0, 300);
+    put(store.as_ref(), Space::Leaves, &key, b"stray".to_vec());
+    let problems = fsck_problems(&store);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("leaf 300 is still there")),
+        "{problems:?}"
+    );
+    let mut b = WriteBatch::new();
+    b.delete(Space::Leaves, key.to_vec());
+    store.write(b, true).unwrap();
+    let forged = SegmentRecord {
+        root: [7; 32],
+        tier: Tier::Cold,
+        hot_released: true,
+        ..record
+    };
+    put(
+        store.as_ref(),
+        Space::Meta,
+        &layout::meta_segment_key(0, 256),
+        forged.encode(),
+    );
+    let problems = fsck_problems(&store);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("segment [256, 512) (cold tier): recorded root")),
+        "{problems:?}"
+    );
 }
 
 /// Applies `damage` to a fresh ledger's store and checks fsck names the problem.
