@@ -73,6 +73,7 @@ const META_LOG_PREFIX: u8 = b'L';
 const META_STATE_PREFIX: u8 = b'S';
 const META_INDEXED_PREFIX: u8 = b'H';
 const META_SEGMENT_PREFIX: u8 = b'G';
+const META_HOLD_PREFIX: u8 = b'J';
 
 /// `'O' ‖ origin bytes` → u32 log_id.
 pub fn meta_origin_key(origin: &str) -> Vec<u8> {
@@ -120,6 +121,19 @@ pub fn meta_segment_range(log_id: LogId) -> ([u8; 5], [u8; 5]) {
         None => [META_SEGMENT_PREFIX + 1, 0, 0, 0, 0],
     };
     (start, end)
+}
+
+/// `'J' ‖ hold_id (UTF-8)` → protobuf `LegalHold` ([`crate::holds`]).
+pub fn meta_hold_key(hold_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + hold_id.len());
+    k.push(META_HOLD_PREFIX);
+    k.extend_from_slice(hold_id.as_bytes());
+    k
+}
+
+/// First and one-past-last keys of every `'J'` record.
+pub fn meta_hold_range() -> ([u8; 1], [u8; 1]) {
+    ([META_HOLD_PREFIX], [META_HOLD_PREFIX + 1])
 }
 
 fn prefixed(prefix: u8, log_id: LogId) -> [u8; 5] {

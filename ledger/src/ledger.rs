@@ -445,6 +445,11 @@ impl Ledger {
         &self.shared.keyring
     }
 
+    /// The legal-hold registry.
+    pub fn holds(&self) -> crate::holds::Holds<'_> {
+        crate::holds::Holds::new(self.shared.store.as_ref(), &self.shared.segment_lock)
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
     }

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod event;
 pub mod fsck;
+pub mod holds;
 mod indexer;
 pub mod keys;
 pub mod layout;
