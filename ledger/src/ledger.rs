@@ -1205,6 +1205,17 @@ impl Log {
             )));
         }
         let root = self.segment_root(record.start)?;
+        let bounds = self.segment_time_bounds(record.start)?;
+        let existing = self.segment_of(record.start)?;
+        let expected_bounds = bounds.or(existing.as_ref().map(|e| (e.oldest, e.newest)));
+        if let Some((oldest, newest)) = expected_bounds
+            && (record.oldest, record.newest) != (oldest, newest)
+        {
+            return Err(LedgerError::InvalidArgument(format!(
+                "{range}: logged_at bounds [{}, {}] differ from the leaves' [{oldest}, {newest}]",
+                record.oldest, record.newest
+            )));
+        }
         if root != record.root {
             return Err(LedgerError::InvalidArgument(format!(
                 "{range}: segment root {} does not match the tree's {}",
@@ -1233,6 +1244,26 @@ impl Log {
         );
         self.shared.store.write(batch, true)?;
         Ok(())
+    }
+
+    /// `logged_at` of the first and last leaf of the segment at `start`, if they are hot.
+    pub fn segment_time_bounds(&self, start: u64) -> Result<Option<(u64, u64)>, LedgerError> {
+        let end = start + (1u64 << self.segment_bits());
+        self.check_size("segment end", end)?;
+        let logged_at = |index: u64| -> Result<Option<u64>, LedgerError> {
+            match self.leaf(index)? {
+                None => Ok(None),
+                Some(leaf) => event::decode_leaf(&leaf)
+                    .map(|r| Some(r.logged_at))
+                    .map_err(|e| {
+                        LedgerError::Corrupt(format!("{} leaf {index}: {e}", self.info.origin))
+                    }),
+            }
+        };
+        Ok(match (logged_at(start)?, logged_at(end - 1)?) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        })
     }
 
     /// Deletes the hot copy of an archived segment's leaf bytes, atomically with marking its

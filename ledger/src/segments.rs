@@ -71,7 +71,8 @@ impl std::str::FromStr for Tier {
 ///
 /// Value under `meta` `'G' ‖ log_id ‖ start`: `version u8 (=1) ‖ tier u8 ‖ bits u8 ‖ flags u8
 /// (bit 0: content expired, bit 1: hot leaves released) ‖ root [32] ‖ object BLAKE3 [32] ‖
-/// object bytes u64 ‖ recorded_at u64 (unix ns) ‖ len u16 ‖ object path (UTF-8)`.
+/// object bytes u64 ‖ recorded_at u64 (unix ns) ‖ oldest u64 ‖ newest u64 (`logged_at` of the
+/// first and last leaf) ‖ len u16 ‖ object path (UTF-8)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentRecord {
     /// First leaf index (a multiple of 2^bits).
@@ -94,6 +95,10 @@ pub struct SegmentRecord {
     pub hot_released: bool,
     /// Unix nanos when this record was (last) written.
     pub recorded_at: u64,
+    /// `logged_at` of the segment's first leaf (the oldest: `logged_at` never decreases).
+    pub oldest: u64,
+    /// `logged_at` of the segment's last leaf.
+    pub newest: u64,
 }
 
 const VERSION: u8 = 1;
@@ -128,6 +133,8 @@ impl SegmentRecord {
         v.extend_from_slice(&self.object_blake3);
         v.extend_from_slice(&self.object_bytes.to_be_bytes());
         v.extend_from_slice(&self.recorded_at.to_be_bytes());
+        v.extend_from_slice(&self.oldest.to_be_bytes());
+        v.extend_from_slice(&self.newest.to_be_bytes());
         let object = self.object.as_bytes();
         let len = object.len().min(u16::MAX as usize);
         v.extend_from_slice(&(len as u16).to_be_bytes());
@@ -151,6 +158,8 @@ impl SegmentRecord {
         let object_blake3: Hash = r.take(32)?.try_into().ok()?;
         let object_bytes = r.u64()?;
         let recorded_at = r.u64()?;
+        let oldest = r.u64()?;
+        let newest = r.u64()?;
         let object = r.string()?;
         if !r.0.is_empty() || !start.is_multiple_of(1u64 << bits) {
             return None;
@@ -166,6 +175,8 @@ impl SegmentRecord {
             content_expired: flags & FLAG_EXPIRED != 0,
             hot_released: flags & FLAG_RELEASED != 0,
             recorded_at,
+            oldest,
+            newest,
         })
     }
 }
@@ -186,6 +197,8 @@ mod tests {
             content_expired: false,
             hot_released: true,
             recorded_at: 1_763_700_000_000_000_000,
+            oldest: 1_763_600_000_000_000_000,
+            newest: 1_763_650_000_000_000_000,
         }
     }
 

@@ -321,6 +321,8 @@ fn archived_segments_release_hot_leaves_and_keep_proofs(store: Arc<dyn Store>) {
         .block_on(log.wait_for_index(log.tree_size()))
         .unwrap();
     let root = log.segment_root(256).unwrap();
+    let (oldest, newest) = log.segment_time_bounds(256).unwrap().unwrap();
+    assert!(oldest <= newest && oldest > 0);
     let record = SegmentRecord {
         start: 256,
         bits: 8,
@@ -332,6 +334,8 @@ fn archived_segments_release_hot_leaves_and_keep_proofs(store: Arc<dyn Store>) {
         content_expired: false,
         hot_released: false,
         recorded_at: 1,
+        oldest,
+        newest,
     };
     // Refused: wrong root, wrong size, the hot tier, an incomplete segment, releasing first.
     let err = log
@@ -356,6 +360,13 @@ fn archived_segments_release_hot_leaves_and_keep_proofs(store: Arc<dyn Store>) {
         })
         .unwrap_err();
     assert!(err.to_string().contains("warm or cold"), "{err}");
+    let err = log
+        .record_segment(&SegmentRecord {
+            newest: newest + 1,
+            ..record.clone()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("logged_at bounds"), "{err}");
     assert!(
         log.segment_root(3 * 256).is_err(),
         "segment 3 is incomplete"
