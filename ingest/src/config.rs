@@ -206,6 +206,53 @@ impl Default for QuotasSection {
     }
 }
 
+/// `[tiers]` — where archived segments go and when (DESIGN §6).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TiersSection {
+    /// Warm tier: a directory (relative to the config file) or an `object_store` URL
+    /// (`file:///…`, `s3://bucket/prefix`).
+    pub warm_url: String,
+    /// Cold tier, same forms.
+    pub cold_url: String,
+    /// A full segment moves hot → warm once its newest event is older than this.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub hot_window: Duration,
+    /// … and warm → cold once older than this.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub warm_window: Duration,
+    /// Event contents expire (dropped from the segment, hashes kept) once older than this.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub retention: Duration,
+    /// How often the archiver inside `serve` looks for work; "0s" turns it off.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub archive_interval: Duration,
+    /// S3-compatible endpoint for `s3://` URLs (e.g. `http://127.0.0.1:9000`); empty = AWS.
+    pub s3_endpoint: String,
+    /// S3 region.
+    pub s3_region: String,
+    /// Plain HTTP to the S3 endpoint (local test servers only).
+    pub s3_allow_http: bool,
+}
+
+const DAY: u64 = 24 * 3600;
+
+impl Default for TiersSection {
+    fn default() -> Self {
+        TiersSection {
+            warm_url: "warm".into(),
+            cold_url: "cold".into(),
+            hot_window: Duration::from_secs(90 * DAY),
+            warm_window: Duration::from_secs(365 * DAY),
+            retention: Duration::from_secs(7 * 365 * DAY),
+            archive_interval: Duration::from_secs(60),
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_allow_http: false,
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -216,6 +263,7 @@ pub struct Config {
     pub server: ServerSection,
     pub auth: AuthSection,
     pub quotas: QuotasSection,
+    pub tiers: TiersSection,
     /// Directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -294,6 +342,24 @@ default_environment = "prod"
 events_per_second = 200000
 bytes_per_second = 134217728
 max_streams_per_tenant = 256
+
+[tiers]
+# Where full segments go as Parquet: a directory (relative to this file) or an object_store
+# URL (file:///..., s3://bucket/prefix). S3 credentials come from the usual AWS_* variables.
+warm_url = "warm"
+cold_url = "cold"
+# A segment moves hot -> warm once its newest event is older than hot_window, warm -> cold
+# once older than warm_window; event contents expire after retention (leaf hashes and proofs
+# stay). Legal holds block expiry.
+hot_window = "90days"
+warm_window = "365days"
+retention = "2555days"
+# How often the archiver inside `serve` looks for work; "0s" turns it off.
+archive_interval = "1m"
+# For S3-compatible servers: endpoint (empty = AWS), region, plain HTTP (local tests only).
+s3_endpoint = ""
+s3_region = "us-east-1"
+s3_allow_http = false
 "#;
 
 fn set_override(table: &mut toml::Table, section: &str, key: &str, raw: &str) {
@@ -356,6 +422,18 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let t = &self.tiers;
+        if !(t.hot_window <= t.warm_window && t.warm_window <= t.retention) {
+            return Err(format!(
+                "tiers: hot_window ({}) ≤ warm_window ({}) ≤ retention ({}) must hold",
+                humantime::format_duration(t.hot_window),
+                humantime::format_duration(t.warm_window),
+                humantime::format_duration(t.retention)
+            ));
+        }
+        if t.warm_url.is_empty() || t.cold_url.is_empty() || t.warm_url == t.cold_url {
+            return Err("tiers.warm_url and tiers.cold_url must be set and differ".into());
+        }
         if !(8..=30).contains(&self.ledger.segment_bits) {
             return Err(format!(
                 "ledger.segment_bits = {} is outside 8..=30",
@@ -404,6 +482,16 @@ impl Config {
             path.to_owned()
         } else {
             self.base_dir.join(path)
+        }
+    }
+
+    /// A tier location as an `object_store` URL: URLs stay, paths resolve against the config
+    /// file's directory.
+    pub fn tier_url(&self, location: &str) -> String {
+        if location.contains("://") {
+            location.to_owned()
+        } else {
+            format!("file://{}", self.resolve(Path::new(location)).display())
         }
     }
 

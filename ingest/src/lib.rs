@@ -1,6 +1,7 @@
 //! The `auditledger` service: configuration, authentication and tenancy, quotas, the gRPC
 //! services (`server`), their wiring (`serve`), metrics, the system log, and the commands.
 
+pub mod admin;
 pub mod auth;
 pub mod commands;
 pub mod config;

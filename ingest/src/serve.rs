@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use auditledger_proto::v1::admin_server::AdminServer;
 use auditledger_proto::v1::ingest_server::IngestServer;
 use auditledger_proto::v1::log_server::LogServer;
 use tokio::net::TcpListener;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
+use crate::admin::AdminService;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::ServerMetrics;
@@ -110,6 +112,9 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         .set_serving::<IngestServer<IngestService>>()
         .await;
     health_reporter.set_serving::<LogServer<LogService>>().await;
+    health_reporter
+        .set_serving::<AdminServer<AdminService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(auditledger_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -123,6 +128,8 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
     let log = LogServer::new(LogService(state.clone()))
         .max_decoding_message_size(1 << 20)
         .max_encoding_message_size(64 << 20);
+
+    let admin = AdminServer::new(AdminService(state.clone()));
 
     let listener = TcpListener::bind(addr)
         .await
@@ -174,7 +181,8 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ingest)
-        .add_service(log);
+        .add_service(log)
+        .add_service(admin);
 
     let mut signal_rx = shutdown_rx.clone();
     let graceful = async move {

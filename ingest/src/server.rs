@@ -47,7 +47,7 @@ fn peer_common_name<T>(req: &Request<T>) -> Option<String> {
 
 impl AppState {
     /// Authenticates the caller; a failure is recorded in the system log.
-    fn authenticate<T>(
+    pub(crate) fn authenticate<T>(
         &self,
         req: &Request<T>,
         method: &str,
@@ -65,7 +65,14 @@ impl AppState {
         })
     }
 
-    fn deny(&self, principal: &str, method: &str, environment: &str, target: &str, reason: &str) {
+    pub(crate) fn deny(
+        &self,
+        principal: &str,
+        method: &str,
+        environment: &str,
+        target: &str,
+        reason: &str,
+    ) {
         tracing::warn!(principal, method, target, reason, "request denied");
         self.syslog.record_later(&SystemRecord {
             kind: EventKind::Auth,
@@ -81,7 +88,7 @@ impl AppState {
     }
 
     /// Checks the role and the tenant/environment coverage; a failure is recorded.
-    fn authorize(
+    pub(crate) fn authorize(
         &self,
         p: &Principal,
         method: &str,

@@ -17,14 +17,20 @@ enum Rpc {
     GetInclusionProof,
     GetConsistencyProof,
     GetEntries,
+    PlaceLegalHold,
+    ListLegalHolds,
+    GetTierStatus,
 }
 
-const RPCS: [Rpc; 5] = [
+const RPCS: [Rpc; 8] = [
     Rpc::Append,
     Rpc::GetCheckpoint,
     Rpc::GetInclusionProof,
     Rpc::GetConsistencyProof,
     Rpc::GetEntries,
+    Rpc::PlaceLegalHold,
+    Rpc::ListLegalHolds,
+    Rpc::GetTierStatus,
 ];
 
 /// Whether `role` may call `rpc` on its own tenant.
@@ -34,6 +40,10 @@ fn allowed(role: &str, rpc: Rpc) -> bool {
         Rpc::GetCheckpoint | Rpc::GetConsistencyProof => role != "gateway",
         Rpc::GetInclusionProof => matches!(role, "investigator" | "auditor" | "admin"),
         Rpc::GetEntries => matches!(role, "investigator" | "admin"),
+        Rpc::PlaceLegalHold => role == "admin",
+        Rpc::ListLegalHolds | Rpc::GetTierStatus => {
+            matches!(role, "admin" | "compliance" | "auditor")
+        }
     }
 }
 
@@ -116,6 +126,48 @@ async fn call(
                 .into_inner();
             while s.message().await?.is_some() {}
             Ok(None)
+        }
+        Rpc::PlaceLegalHold => {
+            let mut admin = pb::admin_client::AdminClient::new(server.channel().await);
+            admin
+                .place_legal_hold(authed(
+                    pb::PlaceLegalHoldRequest {
+                        tenant_id: tenant.into(),
+                        environment: "prod".into(),
+                        case_id: "MATRIX-1".into(),
+                        reason: "matrix test".into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| None)
+        }
+        Rpc::ListLegalHolds => {
+            let mut admin = pb::admin_client::AdminClient::new(server.channel().await);
+            admin
+                .list_legal_holds(authed(
+                    pb::ListLegalHoldsRequest {
+                        tenant_id: tenant.into(),
+                        environment: "prod".into(),
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| None)
+        }
+        Rpc::GetTierStatus => {
+            let mut admin = pb::admin_client::AdminClient::new(server.channel().await);
+            admin
+                .get_tier_status(authed(
+                    pb::GetTierStatusRequest {
+                        tenant_id: tenant.into(),
+                        environment: "prod".into(),
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| None)
         }
     }
 }

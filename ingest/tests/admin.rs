@@ -1,0 +1,251 @@
+//! The Admin service against the real server: legal holds (validation, tenancy, lifecycle,
+//! system-log records), tier status and the key listing.
+
+mod common;
+
+use auditledger_ledger::event::decode_leaf_strict;
+use auditledger_proto::v1 as pb;
+use common::{Ledger, Server, authed, event};
+use tonic::Code;
+
+#[test]
+fn legal_holds_tier_status_and_keys() {
+    let ledger = Ledger::init("ledger.checkpoint_interval = \"50ms\"");
+    let admin = ledger.token("admin", &["acme"], &["prod"], None);
+    let other_admin = ledger.token("admin", &["globex"], &["prod"], None);
+    let gateway = ledger.token("gateway", &["acme"], &["prod"], None);
+    let sys_admin = ledger.token("admin", &["_system"], &["prod"], None);
+    let server = Server::start(&ledger);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = pb::admin_client::AdminClient::new(server.channel().await);
+        let request = pb::PlaceLegalHoldRequest {
+            tenant_id: "acme".into(),
+            environment: "prod".into(),
+            from_time: 1_000,
+            to_time: 2_000,
+            user_id: "alice".into(),
+            case_id: "CASE-42".into(),
+            reason: "litigation".into(),
+            ..Default::default()
+        };
+        // Validation names what is missing or wrong.
+        for (bad, needle) in [
+            (
+                pb::PlaceLegalHoldRequest {
+                    case_id: String::new(),
+                    ..request.clone()
+                },
+                "case_id",
+            ),
+            (
+                pb::PlaceLegalHoldRequest {
+                    to_time: 500,
+                    ..request.clone()
+                },
+                "window is empty",
+            ),
+        ] {
+            let err = client
+                .place_legal_hold(authed(bad, &admin))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+            assert!(err.message().contains(needle), "{}", err.message());
+        }
+        let hold = client
+            .place_legal_hold(authed(request.clone(), &admin))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!hold.hold_id.is_empty());
+        assert_eq!(
+            (hold.case_id.as_str(), hold.user_id.as_str()),
+            ("CASE-42", "alice")
+        );
+        assert!(hold.placed_by.starts_with("admin-acme") && hold.placed_at > 0);
+        assert_eq!(hold.released_at, 0);
+
+        let lister = client.clone();
+        let list = |token: String| {
+            let mut client = lister.clone();
+            async move {
+                client
+                    .list_legal_holds(authed(
+                        pb::ListLegalHoldsRequest {
+                            tenant_id: "acme".into(),
+                            environment: "prod".into(),
+                        },
+                        &token,
+                    ))
+                    .await
+            }
+        };
+        assert_eq!(
+            list(admin.clone()).await.unwrap().into_inner().holds,
+            vec![hold.clone()]
+        );
+        // Another tenant's admin neither sees nor releases it; a gateway cannot place one.
+        assert_eq!(
+            list(other_admin.clone()).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        let release = |token: &str, reason: &str| {
+            authed(
+                pb::ReleaseLegalHoldRequest {
+                    hold_id: hold.hold_id.clone(),
+                    reason: reason.into(),
+                },
+                token,
+            )
+        };
+        let err = client
+            .release_legal_hold(release(&other_admin, "not mine"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+        let err = client
+            .place_legal_hold(authed(request.clone(), &gateway))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+        let err = client
+            .release_legal_hold(release(&admin, " "))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        let released = client
+            .release_legal_hold(release(&admin, "case closed"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(released.released_at > 0 && released.released_by.starts_with("admin-acme"));
+        let err = client
+            .release_legal_hold(release(&admin, "again"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+        assert_eq!(
+            list(admin.clone()).await.unwrap().into_inner().holds,
+            vec![released.clone()]
+        );
+
+        // Tier status: everything is hot, nothing is due to move.
+        let mut ingest = server.ingest().await;
+        let events: Vec<_> = (1..=10).map(|i| event("acme", "prod", i)).collect();
+        ingest
+            .append(authed(
+                pb::AppendRequest {
+                    events,
+                    wait_for_checkpoint: false,
+                },
+                &gateway,
+            ))
+            .await
+            .unwrap();
+        let status = client
+            .get_tier_status(authed(
+                pb::GetTierStatusRequest {
+                    tenant_id: "acme".into(),
+                    environment: "prod".into(),
+                },
+                &admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.logs.len(), 1);
+        let log = &status.logs[0];
+        assert!(log.origin.ends_with("/acme/prod"));
+        assert_eq!((log.tree_size, log.pending_moves), (10, 0));
+        assert_eq!(log.tiers.len(), 1);
+        let hot = &log.tiers[0];
+        assert_eq!(
+            (hot.tier, hot.leaves, hot.segments),
+            (pb::Tier::Hot as i32, 10, 1)
+        );
+        assert!(hot.oldest > 0 && hot.oldest <= hot.newest);
+
+        // The keyring: one active key, the one `init` made.
+        let keys = client
+            .list_keys(authed(pb::ListKeysRequest {}, &admin))
+            .await
+            .unwrap()
+            .into_inner()
+            .keys;
+        assert_eq!(keys.len(), 1);
+        assert!(keys[0].active);
+        assert_eq!(keys[0].verifier_key, ledger.keys()[0].to_string());
+        let err = client
+            .list_keys(authed(pb::ListKeysRequest {}, &gateway))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+
+        // Placement and release are both in the system log, with the hold's details.
+        let mut log_client = server.log().await;
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            let size = log_client
+                .get_checkpoint(authed(
+                    pb::GetCheckpointRequest {
+                        tenant_id: "_system".into(),
+                        environment: "prod".into(),
+                    },
+                    &sys_admin,
+                ))
+                .await
+                .ok()
+                .map(|cp| {
+                    let note = cp.into_inner().note;
+                    let body = note.split("\n\n").next().unwrap().to_owned() + "\n";
+                    auditledger_ledger::checkpoint::Checkpoint::parse_body(&body)
+                        .unwrap()
+                        .tree_size
+                })
+                .unwrap_or(0);
+            found.clear();
+            if size > 0 {
+                let mut entries = log_client
+                    .get_entries(authed(
+                        pb::GetEntriesRequest {
+                            tenant_id: "_system".into(),
+                            environment: "prod".into(),
+                            start: 0,
+                            end: size,
+                            justification: "hold audit".into(),
+                        },
+                        &sys_admin,
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                while let Some(e) = entries.message().await.unwrap() {
+                    let ev = decode_leaf_strict(&e.leaf).unwrap().event.unwrap();
+                    if ev.event_kind == pb::EventKind::LegalHold as i32 {
+                        found.push(ev);
+                    }
+                }
+            }
+            if found.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(found.len(), 2, "placement and release recorded: {found:?}");
+        assert_eq!(found[0].tool_name, "Admin.PlaceLegalHold");
+        assert_eq!(found[1].tool_name, "Admin.ReleaseLegalHold");
+        for ev in &found {
+            let text = format!("{ev:?}");
+            assert!(
+                text.contains(&hold.hold_id) && text.contains("CASE-42"),
+                "{text}"
+            );
+        }
+    });
+    assert!(server.stop());
+}
