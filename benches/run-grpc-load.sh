@@ -32,3 +32,8 @@ echo "== no-op sink, same client"
 echo "== inclusion proofs (auditor token: proofs without contents)"
 "$BIN/auditledger-load" --proofs --target http://127.0.0.1:50551 --token "$AUD" --tenant bench --env prod \
     --connections 4 --inflight 8 --seconds 10
+echo "== proof sink, same client (unary transport ceiling)"
+"$BIN/auditledger-load" --proofs --sink --connections 4 --inflight 8 --seconds 10
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+echo "== raw RocksDB ceiling, same machine and run (8 writers, synced batches of 100)"
+"$BIN/ledger_load" --raw-only --appenders 8 --seconds "$SECONDS_PER_RUN" --dir "$WORK"

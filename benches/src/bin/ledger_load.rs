@@ -38,6 +38,9 @@ struct Args {
     /// Skip the raw RocksDB ceiling (for profiling the ledger alone).
     #[arg(long)]
     skip_raw: bool,
+    /// Only the raw RocksDB ceiling (e.g. beside a gRPC run, for its ratio), no ledger runs.
+    #[arg(long, conflicts_with = "skip_raw")]
+    raw_only: bool,
     /// Where to put the databases (default: a temp dir on the same disk as /tmp).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -167,6 +170,10 @@ fn main() -> anyhow::Result<()> {
             )
         };
         drop(db);
+        if args.raw_only {
+            println!("| {appenders} | {:.0} | – | – | – | – | – | – |", raw.rate());
+            continue;
+        }
 
         let dir = base.path().join(format!("ledger-{appenders}"));
         let store = Arc::new(RocksStore::open(&dir, &RocksOptions::default())?);
@@ -230,6 +237,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    if args.raw_only {
+        return Ok(());
+    }
     // Proof generation against the last (largest) ledger.
     let ledger = last_ledger.context("no ledger run")?;
     ledger.checkpoint_now()?;
