@@ -1,0 +1,832 @@
+//! Reading and verifying segment files, from memory or from an object store, in bounded
+//! memory: rows stream in batches, one row group's projected column chunks at a time.
+
+use std::io::Write;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{Array, BinaryArray, FixedSizeBinaryArray, RecordBatch, UInt64Array};
+use arrow::datatypes::DataType;
+use auditledger_ledger::event::{LeafRecord, decode_leaf};
+use auditledger_ledger::merkle::{
+    CompactRange, HASH_LEN, Hash, HashReader, MemoryTree, MerkleError, MissingNode, NodeId,
+    leaf_hash,
+};
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, ready};
+use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
+use parquet::arrow::async_reader::{
+    AsyncFileReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+
+use super::schema::{FORMAT_NAME, FORMAT_VERSION, column, metadata_key};
+use super::writer::{SegmentSummary, SegmentWriter, WriteOptions};
+use super::{LeafProblem, SegmentError, SegmentId, SegmentInfo, SegmentRow, hash_hex};
+
+/// Rows per decoded batch while streaming.
+const READ_BATCH_ROWS: usize = 1024;
+
+/// Where the file's bytes come from.
+#[derive(Clone, Debug)]
+enum Source {
+    Bytes(Bytes),
+    Object {
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        size: u64,
+    },
+}
+
+fn store_error(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl Source {
+    fn size(&self) -> u64 {
+        match self {
+            Source::Bytes(bytes) => bytes.len() as u64,
+            Source::Object { size, .. } => *size,
+        }
+    }
+
+    fn slice(bytes: &Bytes, range: Range<u64>) -> Result<Bytes, ParquetError> {
+        let len = bytes.len() as u64;
+        if range.start > range.end || range.end > len {
+            return Err(ParquetError::EOF(format!(
+                "byte range {range:?} is outside the {len}-byte file"
+            )));
+        }
+        Ok(bytes.slice(range.start as usize..range.end as usize))
+    }
+}
+
+impl AsyncFileReader for Source {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        match self {
+            Source::Bytes(bytes) => ready(Source::slice(bytes, range)).boxed(),
+            Source::Object { store, path, .. } => {
+                async move { store.get_range(path, range).await.map_err(store_error) }.boxed()
+            }
+        }
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        match self {
+            Source::Bytes(bytes) => ready(
+                ranges
+                    .into_iter()
+                    .map(|range| Source::slice(bytes, range))
+                    .collect(),
+            )
+            .boxed(),
+            Source::Object { store, path, .. } => {
+                async move { store.get_ranges(path, &ranges).await.map_err(store_error) }.boxed()
+            }
+        }
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size();
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// An open segment file whose metadata matched the expected segment. Nothing is trusted
+/// until [`SegmentReader::verify`] has checked the rows against an expected root.
+#[derive(Clone, Debug)]
+pub struct SegmentReader {
+    info: SegmentInfo,
+    source: Source,
+    metadata: ArrowReaderMetadata,
+}
+
+/// Result of a successful [`SegmentReader::verify`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedSegment {
+    pub id: SegmentId,
+    pub root: Hash,
+    pub expired_leaves: u64,
+}
+
+/// What an expiry rewrite's selector sees of one leaf.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpiryCandidate<'a> {
+    pub leaf_index: u64,
+    /// The decoded leaf.
+    pub record: &'a LeafRecord,
+}
+
+impl SegmentReader {
+    /// Opens a segment file held in memory.
+    pub async fn from_bytes(bytes: Bytes, expected: &SegmentId) -> Result<Self, SegmentError> {
+        Self::open(Source::Bytes(bytes), expected).await
+    }
+
+    /// Opens a segment object; reads only the footer now, and column chunks as needed later.
+    pub async fn from_object(
+        store: Arc<dyn ObjectStore>,
+        path: &Path,
+        expected: &SegmentId,
+    ) -> Result<Self, SegmentError> {
+        let meta = store.head(path).await.map_err(|e| {
+            SegmentError::parquet(expected, "reading the object's size", store_error(e))
+        })?;
+        Self::open(
+            Source::Object {
+                store,
+                path: path.clone(),
+                size: meta.size,
+            },
+            expected,
+        )
+        .await
+    }
+
+    async fn open(mut source: Source, expected: &SegmentId) -> Result<Self, SegmentError> {
+        let options = ArrowReaderOptions::new()
+            .with_page_index_policy(PageIndexPolicy::Optional)
+            .with_skip_arrow_metadata(true);
+        let metadata = ArrowReaderMetadata::load_async(&mut source, options)
+            .await
+            .map_err(|e| SegmentError::parquet(expected, "not a readable Parquet file", e))?;
+        let info = read_info(&metadata, expected, source.size())?;
+        check_column(&metadata, expected, column::LEAF_INDEX, &DataType::UInt64)?;
+        check_column(
+            &metadata,
+            expected,
+            column::LEAF_HASH,
+            &DataType::FixedSizeBinary(HASH_LEN as i32),
+        )?;
+        check_column(&metadata, expected, column::LEAF, &DataType::Binary)?;
+        Ok(SegmentReader {
+            info,
+            source,
+            metadata,
+        })
+    }
+
+    /// The file's own metadata (already checked against the expected segment).
+    pub fn info(&self) -> &SegmentInfo {
+        &self.info
+    }
+
+    pub fn id(&self) -> &SegmentId {
+        &self.info.id
+    }
+
+    /// A stream of record batches of the named columns, optionally of one row group and a
+    /// selection of its rows.
+    fn batches(
+        &self,
+        columns: &[&str],
+        row_group: Option<(usize, RowSelection)>,
+    ) -> Result<ParquetRecordBatchStream<Source>, SegmentError> {
+        let schema = self.metadata.schema();
+        let roots: Vec<usize> = columns
+            .iter()
+            .filter_map(|name| schema.index_of(name).ok())
+            .collect();
+        let mask = ProjectionMask::roots(
+            self.metadata.metadata().file_metadata().schema_descr(),
+            roots,
+        );
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+            self.source.clone(),
+            self.metadata.clone(),
+        )
+        .with_projection(mask)
+        .with_batch_size(READ_BATCH_ROWS);
+        if let Some((index, selection)) = row_group {
+            builder = builder
+                .with_row_groups(vec![index])
+                .with_row_selection(selection);
+        }
+        builder
+            .build()
+            .map_err(|e| SegmentError::parquet(self.id(), "reading rows", e))
+    }
+
+    /// Every row in order, streamed in batches (bounded memory). Rows are as stored: use
+    /// [`SegmentReader::verify`] first to know they are complete and hash correctly.
+    pub fn rows(
+        &self,
+    ) -> Result<impl Stream<Item = Result<SegmentRow, SegmentError>> + Send + 'static, SegmentError>
+    {
+        let id = self.id().clone();
+        let batches = self.batches(&[column::LEAF_INDEX, column::LEAF_HASH, column::LEAF], None)?;
+        Ok(batches
+            .map_err({
+                let id = id.clone();
+                move |e| SegmentError::parquet(&id, "reading rows", e)
+            })
+            .and_then(move |batch| ready(batch_rows(&id, &batch)))
+            .map_ok(|rows| stream::iter(rows.into_iter().map(Ok)))
+            .try_flatten())
+    }
+
+    /// Checks the whole file: every leaf of the segment present once and in order, every
+    /// `leaf_hash` equal to the hash of its `leaf` bytes (when present), the segment root
+    /// rebuilt from the hashes equal to `expected_root` and to the root in the file metadata.
+    pub async fn verify(&self, expected_root: &Hash) -> Result<VerifiedSegment, SegmentError> {
+        let id = self.id();
+        let mut checker = RowChecker::new(id);
+        let mut batches =
+            self.batches(&[column::LEAF_INDEX, column::LEAF_HASH, column::LEAF], None)?;
+        while let Some(batch) = batches.next().await {
+            let batch = batch.map_err(|e| SegmentError::parquet(id, "reading rows", e))?;
+            let columns = BatchColumns::of(id, &batch)?;
+            for row in 0..batch.num_rows() {
+                checker.row(&columns, row, true)?;
+            }
+        }
+        let (root, expired_leaves) = checker.finish()?;
+        if root != *expected_root {
+            return Err(SegmentError::RootMismatch {
+                segment: id.to_string(),
+                computed: hash_hex(&root),
+                expected: hash_hex(expected_root),
+            });
+        }
+        if root != self.info.root {
+            return Err(SegmentError::Metadata {
+                segment: id.to_string(),
+                key: metadata_key::SEGMENT_ROOT,
+                reason: format!(
+                    "records {} but the rows give {}",
+                    hash_hex(&self.info.root),
+                    hash_hex(&root)
+                ),
+            });
+        }
+        if expired_leaves != self.info.expired_leaves {
+            return Err(SegmentError::ExpiredCountMismatch {
+                segment: id.to_string(),
+                counted: expired_leaves,
+                recorded: self.info.expired_leaves,
+            });
+        }
+        Ok(VerifiedSegment {
+            id: id.clone(),
+            root,
+            expired_leaves,
+        })
+    }
+
+    /// Reads one leaf (decoding one page of each needed column). Checks that the row holds
+    /// that leaf and that its bytes match its hash.
+    pub async fn leaf(&self, leaf_index: u64) -> Result<SegmentRow, SegmentError> {
+        let id = self.id();
+        if !id.contains(leaf_index) {
+            return Err(SegmentError::OutOfRange {
+                segment: id.to_string(),
+                leaf_index,
+            });
+        }
+        let mut position = leaf_index - id.start();
+        let mut row_group = None;
+        for (index, group) in self.metadata.metadata().row_groups().iter().enumerate() {
+            let rows = u64::try_from(group.num_rows()).unwrap_or(0);
+            if position < rows {
+                row_group = Some(index);
+                break;
+            }
+            position -= rows;
+        }
+        let Some(row_group) = row_group else {
+            return Err(SegmentError::Incomplete {
+                segment: id.to_string(),
+                rows: u64::try_from(self.metadata.metadata().file_metadata().num_rows())
+                    .unwrap_or(0),
+                expected: id.count(),
+                first_missing: leaf_index,
+            });
+        };
+        let selection = RowSelection::from(vec![
+            RowSelector::skip(position as usize),
+            RowSelector::select(1),
+        ]);
+        let mut batches = self.batches(
+            &[column::LEAF_INDEX, column::LEAF_HASH, column::LEAF],
+            Some((row_group, selection)),
+        )?;
+        while let Some(batch) = batches.next().await {
+            let batch = batch.map_err(|e| SegmentError::parquet(id, "reading a leaf", e))?;
+            if let Some(row) = batch_rows(id, &batch)?.into_iter().next() {
+                if row.leaf_index != leaf_index {
+                    let problem = if row.leaf_index > leaf_index {
+                        LeafProblem::Missing {
+                            next_found: row.leaf_index,
+                        }
+                    } else {
+                        LeafProblem::OutOfOrder {
+                            found: row.leaf_index,
+                        }
+                    };
+                    return Err(SegmentError::leaf(id, leaf_index, problem));
+                }
+                if let Some(leaf) = &row.leaf {
+                    check_leaf_hash(id, leaf_index, &row.leaf_hash, leaf)?;
+                }
+                return Ok(row);
+            }
+        }
+        Err(SegmentError::Incomplete {
+            segment: id.to_string(),
+            rows: position,
+            expected: id.count(),
+            first_missing: leaf_index,
+        })
+    }
+
+    /// Every leaf hash, in order, checked for completeness and against the root in the file
+    /// metadata (compare [`SegmentInfo::root`] with a signed manifest before trusting it).
+    pub async fn leaf_hashes(&self) -> Result<Vec<Hash>, SegmentError> {
+        let id = self.id();
+        let mut checker = RowChecker::new(id);
+        let capacity = usize::try_from(id.count()).unwrap_or(0);
+        let mut hashes = Vec::with_capacity(capacity);
+        let mut batches = self.batches(&[column::LEAF_INDEX, column::LEAF_HASH], None)?;
+        while let Some(batch) = batches.next().await {
+            let batch = batch.map_err(|e| SegmentError::parquet(id, "reading leaf hashes", e))?;
+            let columns = BatchColumns::of(id, &batch)?;
+            for row in 0..batch.num_rows() {
+                hashes.push(checker.row(&columns, row, false)?);
+            }
+        }
+        let (root, _) = checker.finish()?;
+        if root != self.info.root {
+            return Err(SegmentError::RootMismatch {
+                segment: id.to_string(),
+                computed: hash_hex(&root),
+                expected: hash_hex(&self.info.root),
+            });
+        }
+        Ok(hashes)
+    }
+
+    /// The segment's subtree, for proofs: [`SegmentReader::leaf_hashes`] folded into every node.
+    pub async fn tree(&self) -> Result<SegmentTree, SegmentError> {
+        let hashes = self.leaf_hashes().await?;
+        SegmentTree::new(self.id().clone(), &hashes)
+    }
+}
+
+/// Decodes the file metadata and checks it names the expected segment.
+fn read_info(
+    metadata: &ArrowReaderMetadata,
+    expected: &SegmentId,
+    file_size: u64,
+) -> Result<SegmentInfo, SegmentError> {
+    let file = metadata.metadata().file_metadata();
+    let pairs = file.key_value_metadata();
+    let get = |key: &'static str| -> Result<&str, SegmentError> {
+        pairs
+            .and_then(|kv| kv.iter().find(|pair| pair.key == key))
+            .and_then(|pair| pair.value.as_deref())
+            .ok_or_else(|| SegmentError::Metadata {
+                segment: expected.to_string(),
+                key,
+                reason: "missing".into(),
+            })
+    };
+    let bad = |key: &'static str, reason: String| SegmentError::Metadata {
+        segment: expected.to_string(),
+        key,
+        reason,
+    };
+    let number = |key: &'static str| -> Result<u64, SegmentError> {
+        let text = get(key)?;
+        parse_decimal(text).ok_or_else(|| bad(key, format!("{text:?} is not a decimal number")))
+    };
+    let format = get(metadata_key::FORMAT)?;
+    if format != FORMAT_NAME {
+        return Err(bad(
+            metadata_key::FORMAT,
+            format!("{format:?} is not {FORMAT_NAME:?}: not a segment file"),
+        ));
+    }
+    let version = number(metadata_key::FORMAT_VERSION)?;
+    if version != u64::from(FORMAT_VERSION) {
+        return Err(bad(
+            metadata_key::FORMAT_VERSION,
+            format!("version {version} is not supported (this build reads {FORMAT_VERSION})"),
+        ));
+    }
+    let origin = get(metadata_key::ORIGIN)?;
+    if origin != expected.origin() {
+        return Err(bad(
+            metadata_key::ORIGIN,
+            format!("{origin:?}, expected {:?}", expected.origin()),
+        ));
+    }
+    for (key, expected_value) in [
+        (metadata_key::START, expected.start()),
+        (metadata_key::COUNT, expected.count()),
+    ] {
+        let found = number(key)?;
+        if found != expected_value {
+            return Err(bad(key, format!("{found}, expected {expected_value}")));
+        }
+    }
+    let root_text = get(metadata_key::SEGMENT_ROOT)?;
+    let root = parse_hash_hex(root_text).ok_or_else(|| {
+        bad(
+            metadata_key::SEGMENT_ROOT,
+            format!("{root_text:?} is not 64 lowercase hex digits"),
+        )
+    })?;
+    Ok(SegmentInfo {
+        id: expected.clone(),
+        root,
+        expired_leaves: number(metadata_key::EXPIRED_LEAVES)?,
+        format_version: FORMAT_VERSION,
+        file_size,
+    })
+}
+
+fn check_column(
+    metadata: &ArrowReaderMetadata,
+    id: &SegmentId,
+    name: &'static str,
+    data_type: &DataType,
+) -> Result<(), SegmentError> {
+    let schema = metadata.schema();
+    let field = schema
+        .field_with_name(name)
+        .map_err(|_| SegmentError::Schema {
+            segment: id.to_string(),
+            column: name,
+            reason: "missing".into(),
+        })?;
+    if field.data_type() != data_type {
+        return Err(SegmentError::Schema {
+            segment: id.to_string(),
+            column: name,
+            reason: format!("type {}, expected {data_type}", field.data_type()),
+        });
+    }
+    Ok(())
+}
+
+/// Canonical decimal: digits only, no leading zero except "0".
+pub(crate) fn parse_decimal(text: &str) -> Option<u64> {
+    let canonical = text == "0"
+        || (!text.is_empty() && !text.starts_with('0') && text.bytes().all(|b| b.is_ascii_digit()));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
+/// 64 lowercase hex digits.
+pub(crate) fn parse_hash_hex(text: &str) -> Option<Hash> {
+    if text.len() != 2 * HASH_LEN || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut hash = [0u8; HASH_LEN];
+    hex::decode_to_slice(text, &mut hash).ok()?;
+    Some(hash)
+}
+
+/// The verification columns of one batch.
+struct BatchColumns<'a> {
+    leaf_index: &'a UInt64Array,
+    leaf_hash: &'a FixedSizeBinaryArray,
+    leaf: Option<&'a BinaryArray>,
+    logged_at: Option<&'a UInt64Array>,
+}
+
+impl<'a> BatchColumns<'a> {
+    fn of(id: &SegmentId, batch: &'a RecordBatch) -> Result<Self, SegmentError> {
+        fn get<'b, T: 'static>(
+            id: &SegmentId,
+            batch: &'b RecordBatch,
+            name: &'static str,
+        ) -> Result<Option<&'b T>, SegmentError> {
+            let Some(array) = batch.column_by_name(name) else {
+                return Ok(None);
+            };
+            array
+                .as_any()
+                .downcast_ref::<T>()
+                .map(Some)
+                .ok_or_else(|| SegmentError::Schema {
+                    segment: id.to_string(),
+                    column: name,
+                    reason: format!("unexpected type {}", array.data_type()),
+                })
+        }
+        let required = |name: &'static str| SegmentError::Schema {
+            segment: id.to_string(),
+            column: name,
+            reason: "missing".into(),
+        };
+        Ok(BatchColumns {
+            leaf_index: get(id, batch, column::LEAF_INDEX)?
+                .ok_or_else(|| required(column::LEAF_INDEX))?,
+            leaf_hash: get(id, batch, column::LEAF_HASH)?
+                .ok_or_else(|| required(column::LEAF_HASH))?,
+            leaf: get(id, batch, column::LEAF)?,
+            logged_at: get(id, batch, column::LOGGED_AT)?,
+        })
+    }
+
+    fn leaf_index(&self, row: usize) -> Option<u64> {
+        self.leaf_index
+            .is_valid(row)
+            .then(|| self.leaf_index.value(row))
+    }
+
+    fn leaf_hash(&self, row: usize) -> Option<Hash> {
+        if !self.leaf_hash.is_valid(row) {
+            return None;
+        }
+        self.leaf_hash.value(row).try_into().ok()
+    }
+
+    fn leaf(&self, row: usize) -> Option<&'a [u8]> {
+        let leaf = self.leaf?;
+        leaf.is_valid(row).then(|| leaf.value(row))
+    }
+
+    fn logged_at(&self, row: usize) -> Option<u64> {
+        let logged_at = self.logged_at?;
+        logged_at.is_valid(row).then(|| logged_at.value(row))
+    }
+}
+
+fn check_leaf_hash(
+    id: &SegmentId,
+    leaf_index: u64,
+    stored: &Hash,
+    leaf: &[u8],
+) -> Result<(), SegmentError> {
+    let computed = leaf_hash(leaf);
+    if computed != *stored {
+        return Err(SegmentError::leaf(
+            id,
+            leaf_index,
+            LeafProblem::HashMismatch {
+                stored: hash_hex(stored),
+                computed: hash_hex(&computed),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Rows of one batch, as stored (null checks only).
+fn batch_rows(id: &SegmentId, batch: &RecordBatch) -> Result<Vec<SegmentRow>, SegmentError> {
+    let columns = BatchColumns::of(id, batch)?;
+    (0..batch.num_rows())
+        .map(|row| {
+            let leaf_index = columns
+                .leaf_index(row)
+                .ok_or_else(|| SegmentError::Schema {
+                    segment: id.to_string(),
+                    column: column::LEAF_INDEX,
+                    reason: "null value".into(),
+                })?;
+            let leaf_hash = columns.leaf_hash(row).ok_or_else(|| {
+                SegmentError::leaf(
+                    id,
+                    leaf_index,
+                    LeafProblem::Null {
+                        column: column::LEAF_HASH,
+                    },
+                )
+            })?;
+            Ok(SegmentRow {
+                leaf_index,
+                leaf_hash,
+                leaf: columns.leaf(row).map(<[u8]>::to_vec),
+            })
+        })
+        .collect()
+}
+
+/// Checks rows one by one in file order: contiguity, completeness, leaf hashes; folds the
+/// hashes into the segment root.
+struct RowChecker<'a> {
+    id: &'a SegmentId,
+    range: CompactRange,
+    expired_leaves: u64,
+}
+
+impl<'a> RowChecker<'a> {
+    fn new(id: &'a SegmentId) -> Self {
+        RowChecker {
+            id,
+            range: CompactRange::new(id.start()),
+            expired_leaves: 0,
+        }
+    }
+
+    /// Checks row `row` of `columns`; with `check_leaf`, also its leaf bytes. Returns its hash.
+    fn row(
+        &mut self,
+        columns: &BatchColumns<'_>,
+        row: usize,
+        check_leaf: bool,
+    ) -> Result<Hash, SegmentError> {
+        let expected = self.range.end();
+        let found = columns.leaf_index(row).ok_or_else(|| {
+            SegmentError::leaf(
+                self.id,
+                expected,
+                LeafProblem::Null {
+                    column: column::LEAF_INDEX,
+                },
+            )
+        })?;
+        if found != expected {
+            let problem = if found >= self.id.end() {
+                LeafProblem::BeyondEnd { found }
+            } else if found > expected {
+                LeafProblem::Missing { next_found: found }
+            } else {
+                LeafProblem::OutOfOrder { found }
+            };
+            return Err(SegmentError::leaf(self.id, expected, problem));
+        }
+        let hash = columns.leaf_hash(row).ok_or_else(|| {
+            SegmentError::leaf(
+                self.id,
+                expected,
+                LeafProblem::Null {
+                    column: column::LEAF_HASH,
+                },
+            )
+        })?;
+        if check_leaf {
+            match columns.leaf(row) {
+                Some(leaf) => check_leaf_hash(self.id, expected, &hash, leaf)?,
+                None => self.expired_leaves += 1,
+            }
+        }
+        self.range.append(hash);
+        Ok(hash)
+    }
+
+    /// The segment root and the number of expired rows, once every row was seen.
+    fn finish(self) -> Result<(Hash, u64), SegmentError> {
+        if self.range.end() != self.id.end() {
+            return Err(SegmentError::Incomplete {
+                segment: self.id.to_string(),
+                rows: self.range.end() - self.id.start(),
+                expected: self.id.count(),
+                first_missing: self.range.end(),
+            });
+        }
+        match self.range.nodes() {
+            [(node, hash)] if *node == self.id.node() => Ok((*hash, self.expired_leaves)),
+            nodes => unreachable!("segment range folded into {} nodes", nodes.len()),
+        }
+    }
+}
+
+/// The perfect subtree of one segment, every node in memory (2 × 32 bytes per leaf): answers
+/// the segment's share of inclusion and consistency proofs. Node ids are the log's.
+#[derive(Clone, Debug)]
+pub struct SegmentTree {
+    id: SegmentId,
+    tree: MemoryTree,
+}
+
+impl SegmentTree {
+    /// Builds the tree from the segment's leaf hashes, in order.
+    pub fn new(id: SegmentId, leaf_hashes: &[Hash]) -> Result<Self, SegmentError> {
+        if leaf_hashes.len() as u64 != id.count() {
+            return Err(SegmentError::Incomplete {
+                segment: id.to_string(),
+                rows: leaf_hashes.len() as u64,
+                expected: id.count(),
+                first_missing: id.start() + leaf_hashes.len() as u64,
+            });
+        }
+        let mut tree = MemoryTree::new();
+        for hash in leaf_hashes {
+            tree.append(*hash);
+        }
+        Ok(SegmentTree { id, tree })
+    }
+
+    pub fn id(&self) -> &SegmentId {
+        &self.id
+    }
+
+    /// Root of the segment: the hash of node [`SegmentId::node`].
+    pub fn root(&self) -> Hash {
+        // A full power-of-two tree has its root at level `bits`, index 0.
+        self.tree
+            .node(NodeId::new(self.id.bits(), 0))
+            .unwrap_or_else(|| unreachable!("a full segment tree has a root"))
+    }
+
+    /// Hash of a node of the log's tree that lies inside this segment.
+    pub fn node(&self, node: NodeId) -> Option<Hash> {
+        if node.level > self.id.bits()
+            || node.begin() < self.id.start()
+            || node.end() > self.id.end()
+        {
+            return None;
+        }
+        self.tree.node(NodeId::new(
+            node.level,
+            node.index - (self.id.start() >> node.level),
+        ))
+    }
+}
+
+impl HashReader for SegmentTree {
+    fn read_hashes(&self, nodes: &[NodeId]) -> Result<Vec<Hash>, MerkleError> {
+        nodes
+            .iter()
+            .map(|&node| {
+                self.node(node)
+                    .ok_or_else(|| MerkleError::Reader(Box::new(MissingNode(node))))
+            })
+            .collect()
+    }
+}
+
+/// Rewrites a segment with the content of the leaves `expire` selects dropped (their `leaf`
+/// and typed columns null), keeping every leaf hash and so the segment root. Leaves already
+/// expired stay expired (`expire` is not asked about them). Checks every present leaf against its hash while copying, and the
+/// new file's root against the old one's.
+pub async fn rewrite_expired<W, F>(
+    reader: &SegmentReader,
+    sink: W,
+    options: &WriteOptions,
+    mut expire: F,
+) -> Result<(W, SegmentSummary), SegmentError>
+where
+    W: Write + Send,
+    F: FnMut(&ExpiryCandidate<'_>) -> bool,
+{
+    let id = reader.id();
+    let mut writer = SegmentWriter::new(sink, id.clone(), options)?;
+    let mut checker = RowChecker::new(id);
+    let mut batches = reader.batches(
+        &[
+            column::LEAF_INDEX,
+            column::LEAF_HASH,
+            column::LEAF,
+            column::LOGGED_AT,
+        ],
+        None,
+    )?;
+    while let Some(batch) = batches.next().await {
+        let batch = batch.map_err(|e| SegmentError::parquet(id, "reading rows", e))?;
+        let columns = BatchColumns::of(id, &batch)?;
+        for row in 0..batch.num_rows() {
+            let leaf_index = writer.next_leaf_index();
+            let hash = checker.row(&columns, row, true)?;
+            match columns.leaf(row) {
+                Some(leaf) => {
+                    let record = decode_leaf(leaf)
+                        .map_err(|e| SegmentError::leaf(id, leaf_index, LeafProblem::Decode(e)))?;
+                    let candidate = ExpiryCandidate {
+                        leaf_index,
+                        record: &record,
+                    };
+                    if expire(&candidate) {
+                        writer.push_expired(hash, Some(record.logged_at))?;
+                    } else {
+                        writer.push_decoded(leaf, &record)?;
+                    }
+                }
+                None => writer.push_expired(hash, columns.logged_at(row))?,
+            }
+        }
+    }
+    let (root, _) = checker.finish()?;
+    if root != reader.info().root {
+        return Err(SegmentError::RootMismatch {
+            segment: id.to_string(),
+            computed: hash_hex(&root),
+            expected: hash_hex(&reader.info().root),
+        });
+    }
+    let (sink, summary) = writer.finish()?;
+    debug_assert_eq!(summary.root, root);
+    Ok((sink, summary))
+}
