@@ -522,9 +522,10 @@ fn main() -> anyhow::Result<()> {
                 tokio::spawn(
                     Server::builder()
                         .add_service(pb::log_server::LogServer::new(ProofSink::new()))
-                        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                            listener,
-                        )),
+                        .serve_with_incoming(
+                            tonic::transport::server::TcpIncoming::from(listener)
+                                .with_nodelay(Some(true)),
+                        ),
                 );
                 format!("http://{addr}")
             } else {
@@ -543,7 +544,10 @@ fn main() -> anyhow::Result<()> {
                         pb::ingest_server::IngestServer::new(Sink)
                             .max_decoding_message_size(64 << 20),
                     )
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                    .serve_with_incoming(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                    ),
             );
             format!("http://{addr}")
         } else {

@@ -171,7 +171,10 @@ fn main() -> anyhow::Result<()> {
         };
         drop(db);
         if args.raw_only {
-            println!("| {appenders} | {:.0} | – | – | – | – | – | – |", raw.rate());
+            println!(
+                "| {appenders} | {:.0} | – | – | – | – | – | – |",
+                raw.rate()
+            );
             continue;
         }
 
