@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 ensure_system_packages
 export PROTOC="$(command -v protoc)"
+python3 -c 'import moto.server, flask_cors' 2>/dev/null || python3 -m pip install --quiet 'moto[server]' </dev/null  # S3 server of archiver/tests/s3.rs
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check

@@ -8,18 +8,32 @@
 //! - [`manifest`]: the signed segment manifest that pins a segment object (range, root,
 //!   object name, BLAKE3, size);
 //! - [`store`]: object stores from URLs (local filesystem by default, `s3://`), retries, and
-//!   the object naming scheme.
+//!   the object naming scheme;
+//! - [`engine`]: the [`Archiver`] — crash-safe moves hot → warm → cold, retention expiry under
+//!   legal holds, metrics;
+//! - [`tier_reader`]: [`TierReader`], leaf contents from whichever tier holds them.
 //!
 //! The segment geometry — 2^`segment_bits` leaves, a complete subtree — is recorded per log by
 //! the ledger (`Log::segment_bits`).
 
+pub mod engine;
+pub mod error;
 pub mod manifest;
+pub mod metrics;
 pub mod segment;
 pub mod store;
+pub mod tier_reader;
 
+pub use engine::{
+    Archiver, ArchiverConfig, CRASH_ENV, Deletion, DeletionHook, EXPIRY_STEPS, HOT_TO_WARM_STEPS,
+    PassReport, SegmentMove, TierStores, WARM_TO_COLD_STEPS, allow_deletions,
+};
+pub use error::ArchiveError;
 pub use manifest::{ManifestError, SegmentManifest, VerifiedManifest};
+pub use metrics::{ArchiverMetrics, MetricsSnapshot};
 pub use segment::{
     SegmentError, SegmentId, SegmentInfo, SegmentReader, SegmentRow, SegmentSummary, SegmentTree,
     SegmentWriter, WriteOptions, write_segment,
 };
 pub use store::{RetryPolicy, SegmentStore, StoreError, StoreOptions};
+pub use tier_reader::{LeafContent, TierReader};

@@ -20,6 +20,8 @@
 //! ```text
 //! <tenant>/<environment>/segments/<start>-<end>.parquet    the segment file
 //! <tenant>/<environment>/segments/<start>-<end>.manifest   its signed manifest
+//! <tenant>/<environment>/segments/<start>-<end>.expired/<n>.parquet   after retention expiry
+//! <tenant>/<environment>/segments/<start>-<end>.expired/<n>.manifest  (n rows without content)
 //! ```
 //!
 //! `start` and `end` are decimal leaf indexes without padding, `end` exclusive (leaves
@@ -399,6 +401,68 @@ pub fn manifest_object_path(
     segment_object(tenant_id, environment, start, end, "manifest")
 }
 
+/// Where the expiry rewrite of a segment that has `expired_leaves` rows without content is
+/// stored: `<tenant>/<environment>/segments/<start>-<end>.expired/<expired_leaves>.parquet`.
+///
+/// Every rewrite expires more rows than the one before (expired rows stay expired), so each
+/// version has a name of its own and a rewrite never replaces the object its segment record
+/// names; a crash between writing the new version and recording it leaves the recorded
+/// version intact. The folder holds one segment's versions only, so the archiver can list
+/// and clean it.
+pub fn expired_segment_object_path(
+    tenant_id: &str,
+    environment: &str,
+    start: u64,
+    end: u64,
+    expired_leaves: u64,
+) -> Result<Path, StoreError> {
+    check_part("tenant_id", tenant_id)?;
+    check_part("environment", environment)?;
+    let folder = format!("{start}-{end}.expired");
+    let name = format!("{expired_leaves}.parquet");
+    Ok(Path::from_iter([
+        tenant_id,
+        environment,
+        "segments",
+        folder.as_str(),
+        name.as_str(),
+    ]))
+}
+
+/// The folder of a segment's expiry rewrites (see [`expired_segment_object_path`]).
+pub fn expired_versions_folder(
+    tenant_id: &str,
+    environment: &str,
+    start: u64,
+    end: u64,
+) -> Result<Path, StoreError> {
+    check_part("tenant_id", tenant_id)?;
+    check_part("environment", environment)?;
+    let folder = format!("{start}-{end}.expired");
+    Ok(Path::from_iter([
+        tenant_id,
+        environment,
+        "segments",
+        folder.as_str(),
+    ]))
+}
+
+/// The manifest path that goes with a segment object path: `.parquet` replaced by
+/// `.manifest`.
+pub fn manifest_path_for(object: &Path) -> Result<Path, StoreError> {
+    let name = object.as_ref();
+    let stem = name
+        .strip_suffix(".parquet")
+        .ok_or_else(|| StoreError::BadName {
+            part: name.to_owned(),
+            reason: "a segment object name ends in .parquet".into(),
+        })?;
+    Path::parse(format!("{stem}.manifest")).map_err(|e| StoreError::BadName {
+        part: name.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 /// The leaf range of a segment object or manifest file name (`<start>-<end>.parquet` or
 /// `.manifest`), for listings; `None` for any other name.
 pub fn parse_segment_object_name(name: &str) -> Option<(u64, u64)> {
@@ -501,6 +565,21 @@ mod tests {
         assert_eq!(parse_segment_object_name("01-2.parquet"), None);
         assert_eq!(parse_segment_object_name("2-1.parquet"), None);
         assert_eq!(parse_segment_object_name("0-256.tmp"), None);
+        let path = expired_segment_object_path("acme", "prod", 256, 512, 17).unwrap();
+        assert_eq!(
+            path.as_ref(),
+            "acme/prod/segments/256-512.expired/17.parquet"
+        );
+        assert_eq!(
+            manifest_path_for(&path).unwrap().as_ref(),
+            "acme/prod/segments/256-512.expired/17.manifest"
+        );
+        let path = segment_object_path("acme", "prod", 256, 512).unwrap();
+        assert_eq!(
+            manifest_path_for(&path).unwrap(),
+            manifest_object_path("acme", "prod", 256, 512).unwrap()
+        );
+        assert!(manifest_path_for(&Path::from("a/b.txt")).is_err());
     }
 
     #[test]

@@ -1,0 +1,277 @@
+//! Reads of leaf contents wherever they live: the hot store, or the warm or cold segment object
+//! named by the segment record, or nowhere (content expired).
+//!
+//! Trust: an archived leaf is checked against the leaf hash in the tree (the tiles stay hot
+//! forever), and an opened segment's recorded root against the segment record, so a damaged
+//! or swapped object cannot serve wrong content — without reading the whole object on a
+//! point read. Opened segments (their footers) are kept in a small LRU cache.
+
+use std::sync::{Arc, Mutex};
+
+use auditledger_ledger::Log;
+use auditledger_ledger::segments::{SegmentRecord, Tier};
+use object_store::path::Path;
+
+use crate::engine::TierStores;
+use crate::error::ArchiveError;
+use crate::segment::{SegmentError, SegmentId, SegmentReader, hash_hex};
+use crate::store::SegmentStore;
+
+/// Default number of open segments kept.
+pub const DEFAULT_CACHE_SEGMENTS: usize = 64;
+
+/// A leaf's contents, or the fact that they expired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeafContent {
+    /// The verbatim leaf bytes, and the tier they were read from.
+    Present { bytes: Vec<u8>, tier: Tier },
+    /// Retention expiry dropped the content; the leaf hash (and so every proof) remains.
+    Expired { tier: Tier },
+}
+
+impl LeafContent {
+    pub fn tier(&self) -> Tier {
+        match self {
+            LeafContent::Present { tier, .. } | LeafContent::Expired { tier } => *tier,
+        }
+    }
+
+    /// The bytes, if present.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            LeafContent::Present { bytes, .. } => Some(bytes),
+            LeafContent::Expired { .. } => None,
+        }
+    }
+}
+
+/// Which object version an open reader belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CacheKey {
+    origin: String,
+    start: u64,
+    tier: Tier,
+    object: String,
+    object_blake3: [u8; 32],
+}
+
+/// Reads leaves across tiers, caching open segment readers (bounded LRU).
+pub struct TierReader {
+    stores: TierStores,
+    capacity: usize,
+    /// Most recently used last.
+    cache: Mutex<Vec<(CacheKey, Arc<SegmentReader>)>>,
+}
+
+impl std::fmt::Debug for TierReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TierReader")
+            .field("warm", &self.stores.warm.url())
+            .field("cold", &self.stores.cold.url())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl TierReader {
+    /// A reader over these stores keeping up to `capacity` segments open (at least 1).
+    pub fn new(stores: TierStores, capacity: usize) -> Self {
+        TierReader {
+            stores,
+            capacity: capacity.max(1),
+            cache: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Number of segments currently open.
+    pub fn cached_segments(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Drops every open segment (tests measure cold-cache reads with this).
+    pub fn clear_cache(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(CacheKey, Arc<SegmentReader>)>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn store(&self, tier: Tier) -> Option<&SegmentStore> {
+        match tier {
+            Tier::Hot => None,
+            Tier::Warm => Some(&self.stores.warm),
+            Tier::Cold => Some(&self.stores.cold),
+        }
+    }
+
+    /// Leaf contents wherever they live: hot (ledger), warm or cold (Parquet via the segment
+    /// record), or expired.
+    pub async fn leaf(&self, log: &Log, leaf_index: u64) -> Result<LeafContent, ArchiveError> {
+        let tree_size = log.tree_size();
+        if leaf_index >= tree_size {
+            return Err(ArchiveError::LeafOutOfRange {
+                origin: log.origin().to_owned(),
+                leaf_index,
+                tree_size,
+            });
+        }
+        let segment = || format!("{} leaf {leaf_index}", log.origin());
+        let ledger = |step, source| ArchiveError::Ledger {
+            segment: segment(),
+            step,
+            source,
+        };
+        // Leaf first, record second: releasing deletes the leaves atomically with marking the
+        // record released, so a leaf missing here has a released record below.
+        if let Some(bytes) = log
+            .leaf(leaf_index)
+            .map_err(|e| ledger("reading the hot leaf", e))?
+        {
+            return Ok(LeafContent::Present {
+                bytes,
+                tier: Tier::Hot,
+            });
+        }
+        let expected_hash = log
+            .leaf_hash(leaf_index)
+            .map_err(|e| ledger("reading the leaf hash from the tree", e))?;
+        // A warm → cold move may delete the warm object between reading the record and the
+        // object: read the record again and retry once.
+        let mut retried = false;
+        loop {
+            let record = log
+                .segment_of(leaf_index)
+                .map_err(|e| ledger("reading the segment record", e))?
+                .filter(|r| r.hot_released)
+                .ok_or_else(|| ArchiveError::HotLeaves {
+                    segment: segment(),
+                    reason: "not in the hot store and its segment is not archived".into(),
+                })?;
+            let row = match self.read_archived(log, &record, leaf_index).await {
+                Ok(row) => row,
+                Err(e) => {
+                    self.evict(log.origin(), record.start);
+                    if retried {
+                        return Err(e);
+                    }
+                    retried = true;
+                    continue;
+                }
+            };
+            let tier = record.tier;
+            if row.leaf_hash != expected_hash {
+                return Err(ArchiveError::LeafHashMismatch {
+                    origin: log.origin().to_owned(),
+                    leaf_index,
+                    tier: tier.as_str(),
+                    found: hash_hex(&row.leaf_hash),
+                    expected: hash_hex(&expected_hash),
+                });
+            }
+            return Ok(match row.leaf {
+                Some(bytes) => LeafContent::Present { bytes, tier },
+                None => LeafContent::Expired { tier },
+            });
+        }
+    }
+
+    async fn read_archived(
+        &self,
+        log: &Log,
+        record: &SegmentRecord,
+        leaf_index: u64,
+    ) -> Result<crate::segment::SegmentRow, ArchiveError> {
+        let reader = self.open(log, record).await?;
+        reader
+            .leaf(leaf_index)
+            .await
+            .map_err(|source| ArchiveError::Segment {
+                step: "reading an archived leaf",
+                source,
+            })
+    }
+
+    /// The open reader of a record's object, from the cache or opened now.
+    async fn open(
+        &self,
+        log: &Log,
+        record: &SegmentRecord,
+    ) -> Result<Arc<SegmentReader>, ArchiveError> {
+        let key = CacheKey {
+            origin: log.origin().to_owned(),
+            start: record.start,
+            tier: record.tier,
+            object: record.object.clone(),
+            object_blake3: record.object_blake3,
+        };
+        {
+            let mut cache = self.lock();
+            if let Some(position) = cache.iter().position(|(k, _)| *k == key) {
+                let entry = cache.remove(position);
+                let reader = entry.1.clone();
+                cache.push(entry);
+                return Ok(reader);
+            }
+        }
+        let segment_name = format!("{} [{}, {})", log.origin(), record.start, record.end());
+        let id = SegmentId::new(log.origin(), record.start, record.bits).map_err(|source| {
+            ArchiveError::Segment {
+                step: "naming the archived segment",
+                source,
+            }
+        })?;
+        let store = self
+            .store(record.tier)
+            .ok_or_else(|| ArchiveError::ObjectMismatch {
+                segment: segment_name.clone(),
+                tier: record.tier.as_str(),
+                path: record.object.clone(),
+                reason: "a released segment's record names the hot tier".into(),
+            })?;
+        let path = Path::parse(&record.object).map_err(|e| ArchiveError::ObjectMismatch {
+            segment: segment_name.clone(),
+            tier: record.tier.as_str(),
+            path: record.object.clone(),
+            reason: format!("not a valid object path: {e}"),
+        })?;
+        let reader =
+            store
+                .open_segment(&path, &id)
+                .await
+                .map_err(|source| ArchiveError::Segment {
+                    step: "opening the archived segment",
+                    source,
+                })?;
+        let info = reader.info();
+        if info.root != record.root || info.file_size != record.object_bytes {
+            return Err(ArchiveError::Segment {
+                step: "opening the archived segment",
+                source: SegmentError::Metadata {
+                    segment: id.to_string(),
+                    key: crate::segment::metadata_key::SEGMENT_ROOT,
+                    reason: format!(
+                        "object has root {} and {} bytes, the segment record says {} and {} bytes",
+                        hash_hex(&info.root),
+                        info.file_size,
+                        hash_hex(&record.root),
+                        record.object_bytes
+                    ),
+                },
+            });
+        }
+        let reader = Arc::new(reader);
+        let mut cache = self.lock();
+        cache.retain(|(k, _)| *k != key);
+        if cache.len() >= self.capacity {
+            cache.remove(0);
+        }
+        cache.push((key, reader.clone()));
+        Ok(reader)
+    }
+
+    fn evict(&self, origin: &str, start: u64) {
+        self.lock()
+            .retain(|(k, _)| !(k.origin == origin && k.start == start));
+    }
+}
