@@ -116,6 +116,57 @@ pub fn fsck(config: &Config) -> anyhow::Result<(Vec<String>, bool)> {
     Ok((lines, clean))
 }
 
+/// `auditledger tiers`: a table of every log's tier usage.
+pub fn tiers(config: &Config) -> anyhow::Result<Vec<String>> {
+    let (ledger, _store) = open::open_ledger(config)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let cutoff = now.saturating_sub(config.tiers.hot_window.as_nanos() as u64);
+    let mut lines = vec![format!(
+        "{:<48} {:>5} {:>12} {:>9} {:>14} {:<30} {:<30}",
+        "log", "tier", "leaves", "segments", "bytes", "oldest", "newest"
+    )];
+    let time = |nanos: u64| {
+        if nanos == 0 || nanos == u64::MAX {
+            "-".to_owned()
+        } else {
+            humantime::format_rfc3339_nanos(
+                std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos),
+            )
+            .to_string()
+        }
+    };
+    for log in ledger.logs() {
+        let status = crate::admin::log_tier_status(&log, cutoff)?;
+        for t in &status.tiers {
+            let tier = auditledger_proto::v1::Tier::try_from(t.tier)
+                .map_or("?", |t| t.as_str_name().trim_start_matches("TIER_"))
+                .to_lowercase();
+            lines.push(format!(
+                "{:<48} {:>5} {:>12} {:>9} {:>14} {:<30} {:<30}",
+                status.origin,
+                tier,
+                t.leaves,
+                t.segments,
+                if t.tier == auditledger_proto::v1::Tier::Hot as i32 {
+                    "-".to_owned()
+                } else {
+                    t.bytes.to_string()
+                },
+                time(t.oldest),
+                time(t.newest)
+            ));
+        }
+        lines.push(format!(
+            "{:<48} tree size {}, {} full segment(s) due to leave the hot tier",
+            status.origin, status.tree_size, status.pending_moves
+        ));
+    }
+    ledger.close()?;
+    Ok(lines)
+}
+
 fn new_event_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

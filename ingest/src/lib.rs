@@ -14,4 +14,5 @@ pub mod serve;
 pub mod server;
 pub mod status;
 pub mod syslog;
+pub mod tiering;
 pub mod tls;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use auditledger_ingest::config::Config;
-use auditledger_ingest::{commands, logging, serve};
+use auditledger_ingest::{commands, logging, serve, tiering};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -43,6 +43,27 @@ enum Command {
     /// Recheck every log: leaves, tiles, indexes, checkpoint signatures, roots and chain.
     /// Exit 0 only if everything verifies. Run it while the server is stopped.
     Fsck {
+        #[arg(long, env = "AUDITLEDGER_CONFIG")]
+        config: PathBuf,
+    },
+    /// One archiver pass now: move every full segment whose newest event is older than
+    /// DURATION one tier down (hot → warm, or warm → cold), verifying each copy before the
+    /// source is removed. Run it while the server is stopped (it opens the ledger).
+    Archive {
+        /// Required: one pass, then exit (the server runs passes every tiers.archive_interval).
+        #[arg(long, required = true)]
+        once: bool,
+        #[arg(long, env = "AUDITLEDGER_CONFIG")]
+        config: PathBuf,
+        /// Destination tier: warm or cold.
+        #[arg(long)]
+        tier: auditledger_ledger::segments::Tier,
+        /// Minimum age of a segment's newest event, e.g. 0s, 90days.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+    },
+    /// Per log: leaves, segments, bytes and time span in each tier, and segments due to move.
+    Tiers {
         #[arg(long, env = "AUDITLEDGER_CONFIG")]
         config: PathBuf,
     },
@@ -162,6 +183,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if !clean {
                 return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Archive {
+            once: _,
+            config,
+            tier,
+            older_than,
+        } => {
+            let config = load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            let (lines, ok) = runtime.block_on(tiering::archive_once(&config, tier, older_than))?;
+            for l in lines {
+                println!("{l}");
+            }
+            if !ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Tiers { config } => {
+            for l in commands::tiers(&load(&config)?)? {
+                println!("{l}");
             }
         }
         Command::Demo { config } => {

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use auditledger_archiver::Archiver;
 use auditledger_ledger::Ledger;
 use auditledger_ledger::metrics::{Histogram, LATENCY_BUCKETS_US};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -228,13 +229,90 @@ pub fn render(ledger: &Ledger, server: &ServerMetrics) -> String {
     out
 }
 
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// The archiver's counters: work done per tier, failures, lag.
+pub fn render_archiver(out: &mut String, archiver: &Archiver) {
+    let m = archiver.metrics().snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP auditledger_archiver_segments_moved_total Segments moved, by destination tier.\n# TYPE auditledger_archiver_segments_moved_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "auditledger_archiver_segments_moved_total{{tier=\"warm\"}} {}\nauditledger_archiver_segments_moved_total{{tier=\"cold\"}} {}",
+        m.segments_to_warm, m.segments_to_cold
+    );
+    let _ = writeln!(
+        out,
+        "# HELP auditledger_archiver_bytes_moved_total Segment object bytes written, by destination tier.\n# TYPE auditledger_archiver_bytes_moved_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "auditledger_archiver_bytes_moved_total{{tier=\"warm\"}} {}\nauditledger_archiver_bytes_moved_total{{tier=\"cold\"}} {}",
+        m.bytes_to_warm, m.bytes_to_cold
+    );
+    counter(
+        out,
+        "auditledger_archiver_leaves_expired_total",
+        "Leaves whose content retention dropped (hashes kept).",
+        m.leaves_expired,
+    );
+    counter(
+        out,
+        "auditledger_archiver_leaves_held_total",
+        "Leaves past retention kept by a legal hold (per pass that found them).",
+        m.leaves_held,
+    );
+    counter(
+        out,
+        "auditledger_archiver_failures_total",
+        "Archiver steps that failed (retried on the next pass).",
+        m.failures,
+    );
+    counter(
+        out,
+        "auditledger_archiver_passes_total",
+        "Archiver passes run.",
+        m.passes,
+    );
+    gauge(
+        out,
+        "auditledger_archiver_last_pass_microseconds",
+        "Duration of the last archiver pass.",
+        m.last_pass_micros,
+    );
+    gauge(
+        out,
+        "auditledger_archiver_pending_segments",
+        "Segments due to move or expire that the last pass left (lag).",
+        m.pending_segments,
+    );
+    gauge(
+        out,
+        "auditledger_archiver_lag_seconds",
+        "Age of the oldest leaf due to leave the hot tier but still there after the last pass.",
+        m.lag_nanos / 1_000_000_000,
+    );
+}
+
 /// Serves `GET /metrics` until the task is dropped.
-pub async fn serve(listener: TcpListener, ledger: Arc<Ledger>, server: Arc<ServerMetrics>) {
+pub async fn serve(
+    listener: TcpListener,
+    ledger: Arc<Ledger>,
+    server: Arc<ServerMetrics>,
+    archiver: Option<Arc<Archiver>>,
+) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else {
             continue;
         };
-        let (ledger, server) = (ledger.clone(), server.clone());
+        let (ledger, server, archiver) = (ledger.clone(), server.clone(), archiver.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
@@ -257,7 +335,10 @@ pub async fn serve(listener: TcpListener, ledger: Arc<Ledger>, server: Arc<Serve
             let head = String::from_utf8_lossy(&buf[..len]);
             let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?")
             {
-                let body = render(&ledger, &server);
+                let mut body = render(&ledger, &server);
+                if let Some(a) = &archiver {
+                    render_archiver(&mut body, a);
+                }
                 format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()

@@ -94,6 +94,11 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         tokio::task::spawn_blocking(move || open::open_ledger(&open_config)).await??;
     let ledger = Arc::new(ledger);
     let syslog = SystemLog::start(ledger.clone(), config.auth.default_environment.clone());
+    let archiver = Arc::new(crate::tiering::archiver(
+        &config,
+        ledger.clone(),
+        crate::tiering::syslog_hook(syslog.clone()),
+    )?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = Arc::new(ServerMetrics::default());
     let state = Arc::new(AppState {
@@ -105,6 +110,7 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         syslog,
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
+        archiver: archiver.clone(),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -155,6 +161,7 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
             m,
             ledger.clone(),
             metrics.clone(),
+            Some(archiver.clone()),
         )))
     };
     let sweeper_state = state.clone();
@@ -165,6 +172,15 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
             let gaps = sweeper_state.seq.expired_gaps(Instant::now());
             sweeper_state.seq_anomalies(gaps);
         }
+    });
+
+    let archive_task = (!config.tiers.archive_interval.is_zero()).then(|| {
+        tokio::spawn(crate::tiering::run_loop(
+            archiver.clone(),
+            state.syslog.clone(),
+            config.tiers.archive_interval,
+            shutdown_rx.clone(),
+        ))
     });
 
     tracing::info!(address = %local, tls = use_tls, mtls = use_tls && !config.server.tls_client_ca.as_os_str().is_empty(), "listening");
@@ -218,6 +234,14 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         }
     }
     sweeper.abort();
+    if let Some(mut task) = archive_task {
+        // A pass in progress finishes (every step is idempotent, but finishing is cheaper
+        // than redoing); one that overruns the grace is cut off and redone next start.
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            tracing::warn!("archiver pass still running after server.shutdown_grace; stopping it");
+            task.abort();
+        }
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }

@@ -34,6 +34,17 @@ pub struct AppState {
     pub metrics: Arc<ServerMetrics>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Tiering: reads of archived leaves go through its reader.
+    pub archiver: Arc<auditledger_archiver::Archiver>,
+}
+
+fn proto_tier(t: auditledger_ledger::segments::Tier) -> pb::Tier {
+    use auditledger_ledger::segments::Tier;
+    match t {
+        Tier::Hot => pb::Tier::Hot,
+        Tier::Warm => pb::Tier::Warm,
+        Tier::Cold => pb::Tier::Cold,
+    }
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -172,6 +183,22 @@ impl AppState {
             .map_err(|e| {
                 Status::unavailable(format!("cannot record this read in the system log ({e}); refusing to return event contents"))
             })
+    }
+
+    /// A leaf's contents from whichever tier holds them: (bytes, content expired, tier).
+    async fn leaf_contents(
+        &self,
+        log: &Log,
+        leaf_index: u64,
+    ) -> Result<(Vec<u8>, bool, pb::Tier), Status> {
+        use auditledger_archiver::LeafContent;
+        match self.archiver.reader().leaf(log, leaf_index).await {
+            Ok(LeafContent::Present { bytes, tier }) => Ok((bytes, false, proto_tier(tier))),
+            Ok(LeafContent::Expired { tier }) => Ok((Vec::new(), true, proto_tier(tier))),
+            Err(e) => Err(Status::unavailable(format!(
+                "reading the contents of leaf {leaf_index}: {e}"
+            ))),
+        }
     }
 
     fn log(&self, tenant: &str, environment: &str) -> Result<Log, Status> {
@@ -765,12 +792,16 @@ impl pb::log_server::Log for LogService {
                 attributes,
             )
             .await?;
-            log.leaf(leaf_index)
-                .map_err(status::from_ledger)?
-                .unwrap_or_default()
+            s.leaf_contents(&log, leaf_index).await?
         } else {
-            Vec::new()
+            // Auditors get proofs without contents; say where the leaf lives all the same.
+            let tier = match log.segment_of(leaf_index).map_err(status::from_ledger)? {
+                Some(r) if r.hot_released => proto_tier(r.tier),
+                _ => pb::Tier::Hot,
+            };
+            (Vec::new(), false, tier)
         };
+        let (leaf, content_expired, tier) = leaf;
         Ok(Response::new(pb::InclusionProof {
             leaf_index,
             tree_size: size,
@@ -778,8 +809,8 @@ impl pb::log_server::Log for LogService {
             leaf,
             checkpoint: Some(checkpoint_to_pb(&cp)),
             leaf_hash: leaf_hash.to_vec(),
-            content_expired: false,
-            tier: pb::Tier::Hot as i32,
+            content_expired,
+            tier: tier as i32,
         }))
     }
 
@@ -855,41 +886,48 @@ impl pb::log_server::Log for LogService {
         )
         .await?;
         let (tx, rx) = mpsc::channel::<Result<pb::Entry, Status>>(256);
-        // Read in chunks on a blocking thread; the channel bounds memory for any range.
+        // Read in chunks on a blocking thread; the channel bounds memory for any range. Leaves
+        // released from the hot tier come from their segment (warm or cold) instead.
+        let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             const CHUNK: u64 = 1024;
             let mut at = req.start;
             while at < req.end {
                 let chunk_end = (at + CHUNK).min(req.end);
-                let mut entries = Vec::with_capacity((chunk_end - at) as usize);
-                let mut expected = at;
+                let mut hot: Vec<(u64, Vec<u8>)> = Vec::with_capacity((chunk_end - at) as usize);
                 let result = log.scan_leaves(at, chunk_end, &mut |index, leaf| {
-                    if index != expected {
-                        return false;
-                    }
-                    expected += 1;
-                    entries.push(pb::Entry {
-                        leaf_index: index,
-                        leaf: leaf.to_vec(),
-                        leaf_hash: auditledger_ledger::merkle::leaf_hash(leaf).to_vec(),
-                        content_expired: false,
-                        tier: pb::Tier::Hot as i32,
-                    });
+                    hot.push((index, leaf.to_vec()));
                     true
                 });
                 if let Err(e) = result {
                     let _ = tx.blocking_send(Err(status::from_ledger(e)));
                     return;
                 }
-                if expected != chunk_end {
-                    let _ = tx.blocking_send(Err(Status::data_loss(format!(
-                        "{}: leaf {expected} is missing from the hot store",
-                        log.origin()
-                    ))));
-                    return;
-                }
-                for e in entries {
-                    if tx.blocking_send(Ok(e)).is_err() {
+                let mut hot = hot.into_iter().peekable();
+                for index in at..chunk_end {
+                    let entry = match hot.next_if(|(i, _)| *i == index) {
+                        Some((_, leaf)) => Ok(pb::Entry {
+                            leaf_index: index,
+                            leaf_hash: auditledger_ledger::merkle::leaf_hash(&leaf).to_vec(),
+                            leaf,
+                            content_expired: false,
+                            tier: pb::Tier::Hot as i32,
+                        }),
+                        None => handle.block_on(async {
+                            let (leaf, content_expired, tier) =
+                                s.leaf_contents(&log, index).await?;
+                            let leaf_hash = log.leaf_hash(index).map_err(status::from_ledger)?;
+                            Ok(pb::Entry {
+                                leaf_index: index,
+                                leaf,
+                                leaf_hash: leaf_hash.to_vec(),
+                                content_expired,
+                                tier: tier as i32,
+                            })
+                        }),
+                    };
+                    let failed = entry.is_err();
+                    if tx.blocking_send(entry).is_err() || failed {
                         return;
                     }
                 }

@@ -955,6 +955,7 @@ fn health_reflection_and_metrics() {
         for want in [
             "auditledger.v1.Ingest",
             "auditledger.v1.Log",
+            "auditledger.v1.Admin",
             "grpc.health.v1.Health",
         ] {
             assert!(
@@ -970,6 +971,9 @@ fn health_reflection_and_metrics() {
         "auditledger_ack_latency_seconds_count",
         "auditledger_checkpoint_lag_seconds_count",
         "auditledger_batch_events_mean",
+        "auditledger_archiver_segments_moved_total",
+        "auditledger_archiver_passes_total",
+        "auditledger_archiver_lag_seconds",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
