@@ -3,7 +3,6 @@
 
 mod common;
 
-use auditledger_ledger::event::decode_leaf_strict;
 use auditledger_proto::v1 as pb;
 use common::{Ledger, Server, authed, event};
 use tonic::Code;
@@ -187,55 +186,15 @@ fn legal_holds_tier_status_and_keys() {
         assert_eq!(err.code(), Code::PermissionDenied);
 
         // Placement and release are both in the system log, with the hold's details.
-        let mut log_client = server.log().await;
-        let mut found = Vec::new();
-        for _ in 0..100 {
-            let size = log_client
-                .get_checkpoint(authed(
-                    pb::GetCheckpointRequest {
-                        tenant_id: "_system".into(),
-                        environment: "prod".into(),
-                    },
-                    &sys_admin,
-                ))
-                .await
-                .ok()
-                .map(|cp| {
-                    let note = cp.into_inner().note;
-                    let body = note.split("\n\n").next().unwrap().to_owned() + "\n";
-                    auditledger_ledger::checkpoint::Checkpoint::parse_body(&body)
-                        .unwrap()
-                        .tree_size
-                })
-                .unwrap_or(0);
-            found.clear();
-            if size > 0 {
-                let mut entries = log_client
-                    .get_entries(authed(
-                        pb::GetEntriesRequest {
-                            tenant_id: "_system".into(),
-                            environment: "prod".into(),
-                            start: 0,
-                            end: size,
-                            justification: "hold audit".into(),
-                        },
-                        &sys_admin,
-                    ))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                while let Some(e) = entries.message().await.unwrap() {
-                    let ev = decode_leaf_strict(&e.leaf).unwrap().event.unwrap();
-                    if ev.event_kind == pb::EventKind::LegalHold as i32 {
-                        found.push(ev);
-                    }
-                }
-            }
-            if found.len() >= 2 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let holds_only = |events: &[pb::AuditEvent]| -> Vec<pb::AuditEvent> {
+            events
+                .iter()
+                .filter(|ev| ev.event_kind == pb::EventKind::LegalHold as i32)
+                .cloned()
+                .collect()
+        };
+        let events = common::system_events(&server, &sys_admin, |e| holds_only(e).len() >= 2).await;
+        let found = holds_only(&events);
         assert_eq!(found.len(), 2, "placement and release recorded: {found:?}");
         assert_eq!(found[0].tool_name, "Admin.PlaceLegalHold");
         assert_eq!(found[1].tool_name, "Admin.ReleaseLegalHold");

@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use auditledger_ledger::event::decode_leaf_strict;
 use auditledger_proto::v1 as pb;
 use common::{Ledger, Server, authed, event};
 use tonic::Code;
@@ -247,54 +246,31 @@ fn every_role_every_rpc_own_and_other_tenant() {
 
     // Each denial is a leaf of the system log naming principal, method and reason.
     rt.block_on(async {
-        let mut log = server.log().await;
-        let mut deny_records = Vec::new();
-        for _ in 0..100 {
-            deny_records.clear();
-            let Ok(cp) = log
-                .get_checkpoint(authed(
-                    pb::GetCheckpointRequest {
-                        tenant_id: "_system".into(),
-                        environment: "prod".into(),
-                    },
-                    &sys_admin,
-                ))
-                .await
-            else {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            };
-            let note = cp.into_inner().note;
-            let body = note.split("\n\n").next().unwrap().to_owned() + "\n";
-            let size = auditledger_ledger::checkpoint::Checkpoint::parse_body(&body)
-                .unwrap()
-                .tree_size;
-            let mut entries = log
-                .get_entries(authed(
-                    pb::GetEntriesRequest {
-                        tenant_id: "_system".into(),
-                        environment: "prod".into(),
-                        start: 0,
-                        end: size,
-                        justification: "audit of denials".into(),
-                    },
-                    &sys_admin,
-                ))
-                .await
-                .unwrap()
-                .into_inner();
-            while let Some(e) = entries.message().await.unwrap() {
-                let ev = decode_leaf_strict(&e.leaf).unwrap().event.unwrap();
-                assert_eq!(ev.tenant_id, "_system");
-                if ev.decision == pb::Decision::Deny as i32 {
-                    deny_records.push(ev);
-                }
-            }
-            if deny_records.len() >= denials {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let denied = |events: &[pb::AuditEvent]| -> Vec<pb::AuditEvent> {
+            events
+                .iter()
+                .filter(|ev| ev.decision == pb::Decision::Deny as i32)
+                .cloned()
+                .collect()
+        };
+        let justified_reads = |events: &[pb::AuditEvent]| {
+            events
+                .iter()
+                .filter(|ev| {
+                    ev.event_kind == pb::EventKind::Access as i32
+                        && ev
+                            .attributes
+                            .get("justification")
+                            .is_some_and(|j| j == "matrix test")
+                })
+                .count()
+        };
+        let events = common::system_events(&server, &sys_admin, |e| {
+            denied(e).len() >= denials && justified_reads(e) >= 4
+        })
+        .await;
+        assert!(events.iter().all(|ev| ev.tenant_id == "_system"));
+        let deny_records = denied(&events);
         assert!(
             deny_records.len() >= denials,
             "{} denial records for {denials} denials",
@@ -316,48 +292,7 @@ fn every_role_every_rpc_own_and_other_tenant() {
                 .any(|e| e.user_id == "anonymous" && e.decision_reason.contains("unknown"))
         );
         // Reads of contents are recorded too, with their justification.
-        let mut reads = 0;
-        let cp = log
-            .get_checkpoint(authed(
-                pb::GetCheckpointRequest {
-                    tenant_id: "_system".into(),
-                    environment: "prod".into(),
-                },
-                &sys_admin,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .note;
-        let body = cp.split("\n\n").next().unwrap().to_owned() + "\n";
-        let size = auditledger_ledger::checkpoint::Checkpoint::parse_body(&body)
-            .unwrap()
-            .tree_size;
-        let mut entries = log
-            .get_entries(authed(
-                pb::GetEntriesRequest {
-                    tenant_id: "_system".into(),
-                    environment: "prod".into(),
-                    start: 0,
-                    end: size,
-                    justification: "audit of reads".into(),
-                },
-                &sys_admin,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        while let Some(e) = entries.message().await.unwrap() {
-            let ev = decode_leaf_strict(&e.leaf).unwrap().event.unwrap();
-            if ev.event_kind == pb::EventKind::Access as i32
-                && ev
-                    .attributes
-                    .get("justification")
-                    .is_some_and(|j| j == "matrix test")
-            {
-                reads += 1;
-            }
-        }
+        let reads = justified_reads(&events);
         // investigator + admin: GetInclusionProof and GetEntries each.
         assert_eq!(reads, 4, "content reads recorded with justification");
     });

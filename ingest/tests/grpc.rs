@@ -331,65 +331,14 @@ fn duplicates_and_gateway_gaps() {
         text.contains("kind=\"gap\"} 1") && text.contains("kind=\"regression\"} 1")
     });
     // The system log names the gap.
-    rt().block_on(async {
-        let mut log = server.log().await;
-        let mut found = false;
-        for _ in 0..100 {
-            let size = system_size(&mut log, &admin).await;
-            if size > 0 {
-                let mut s = log
-                    .get_entries(authed(
-                        pb::GetEntriesRequest {
-                            tenant_id: "_system".into(),
-                            environment: "prod".into(),
-                            start: 0,
-                            end: size,
-                            justification: "review".into(),
-                        },
-                        &admin,
-                    ))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                while let Some(e) = s.message().await.unwrap() {
-                    let ev = decode_leaf_strict(&e.leaf).unwrap().event.unwrap();
-                    if ev.event_kind == pb::EventKind::Integrity as i32
-                        && ev.decision_reason.contains("4..=6 never arrived")
-                    {
-                        found = true;
-                    }
-                }
-            }
-            if found {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(found, "gap recorded in the system log");
-    });
-}
-
-async fn system_size(
-    log: &mut pb::log_client::LogClient<tonic::transport::Channel>,
-    admin: &str,
-) -> u64 {
-    match log
-        .get_checkpoint(authed(
-            pb::GetCheckpointRequest {
-                tenant_id: "_system".into(),
-                environment: "prod".into(),
-            },
-            admin,
-        ))
-        .await
-    {
-        Ok(c) => {
-            let note = c.into_inner().note;
-            let body = note.split("\n\n").next().unwrap_or_default().to_owned() + "\n";
-            auditledger_ledger::checkpoint::Checkpoint::parse_body(&body).map_or(0, |c| c.tree_size)
-        }
-        Err(_) => 0,
-    }
+    let names_gap = |events: &[pb::AuditEvent]| {
+        events.iter().any(|ev| {
+            ev.event_kind == pb::EventKind::Integrity as i32
+                && ev.decision_reason.contains("4..=6 never arrived")
+        })
+    };
+    let events = rt().block_on(common::system_events(&server, &admin, names_gap));
+    assert!(names_gap(&events), "gap recorded in the system log");
 }
 
 /// Sends raw bytes as an `Ingest/Append` request body: malformed protobuf.

@@ -299,3 +299,62 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Every event of the `_system` log of environment `prod`, read as its admin (`GetEntries` up
+/// to the latest checkpoint), polled every 100 ms for up to 10 s until `done` accepts them.
+/// Returns the last read either way; callers assert on it.
+#[allow(dead_code)] // not every test binary reads the system log
+pub async fn system_events(
+    server: &Server,
+    admin: &str,
+    done: impl Fn(&[pb::AuditEvent]) -> bool,
+) -> Vec<pb::AuditEvent> {
+    let mut log = server.log().await;
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events.clear();
+        let size = match log
+            .get_checkpoint(authed(
+                pb::GetCheckpointRequest {
+                    tenant_id: "_system".into(),
+                    environment: "prod".into(),
+                },
+                admin,
+            ))
+            .await
+        {
+            Ok(c) => {
+                let note = c.into_inner().note;
+                let body = note.split("\n\n").next().unwrap_or_default().to_owned() + "\n";
+                auditledger_ledger::checkpoint::Checkpoint::parse_body(&body)
+                    .map_or(0, |c| c.tree_size)
+            }
+            Err(_) => 0,
+        };
+        if size > 0 {
+            let mut entries = log
+                .get_entries(authed(
+                    pb::GetEntriesRequest {
+                        tenant_id: "_system".into(),
+                        environment: "prod".into(),
+                        start: 0,
+                        end: size,
+                        justification: "test review of the system log".into(),
+                    },
+                    admin,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(e) = entries.message().await.unwrap() {
+                let record = auditledger_ledger::event::decode_leaf_strict(&e.leaf).unwrap();
+                events.push(record.event.unwrap());
+            }
+        }
+        if done(&events) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    events
+}
