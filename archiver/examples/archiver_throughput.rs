@@ -1,7 +1,8 @@
 //! Archiver benchmark (by hand; results in `docs/benchmarks.md`): appends realistic ~550-byte
 //! events to a RocksDB ledger, then measures hot → warm and warm → cold throughput on the local
 //! filesystem, archived leaf reads through the `TierReader` (cold and warm reader cache), and
-//! the retention expiry rewrite.
+//! the retention expiry rewrite; then archives hot → warm while 4 appenders ingest into
+//! another log at full speed on the same cores.
 //!
 //! Usage: archiver_throughput [DIR] [SEGMENT_BITS] [SEGMENTS] [READS]
 //! (defaults: a temporary directory under /work, 16, 4, 2000)
@@ -31,8 +32,8 @@ fn random_hex(rng: &mut Rng, bytes: usize) -> String {
 
 /// `tool_call` with every id and content hash random, as gateways send them (as in the
 /// segment size benchmark).
-fn realistic(rng: &mut Rng, n: u64) -> AuditEvent {
-    let mut event = tool_call((n % 8) as u32, n, "acme", "prod");
+fn realistic(rng: &mut Rng, n: u64, tenant: &str) -> AuditEvent {
+    let mut event = tool_call((n % 8) as u32, n, tenant, "prod");
     let r = random_hex(rng, 10);
     let millis = SystemClock.now_nanos() / 1_000_000;
     event.event_id = format!(
@@ -111,7 +112,7 @@ async fn main() {
     let mut n = 0;
     while n < leaves {
         let batch: Vec<AuditEvent> = (n..(n + 1000).min(leaves))
-            .map(|i| realistic(&mut rng, i))
+            .map(|i| realistic(&mut rng, i, "acme"))
             .collect();
         n += batch.len() as u64;
         ledger.append("gateway-1", &batch).await.expect("append");
@@ -191,6 +192,81 @@ async fn main() {
         "expiry rewrite: {} segments in {elapsed:.2} s = {:.0} leaves/s",
         report.expired.len(),
         leaves as f64 / elapsed
+    );
+
+    // Archiving while ingest runs flat out on the same two cores, into another log; first the
+    // same ingest alone, for comparison.
+    let appenders = 4;
+    let per_appender = leaves / appenders;
+    let spawn_ingest = |tenant: &'static str| -> Vec<tokio::task::JoinHandle<()>> {
+        (0..appenders)
+            .map(|a| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    let mut rng = Rng::new(1000 + a);
+                    let mut n = a * per_appender;
+                    let end = n + per_appender;
+                    while n < end {
+                        let batch: Vec<AuditEvent> = (n..(n + 500).min(end))
+                            .map(|i| realistic(&mut rng, i, tenant))
+                            .collect();
+                        n += batch.len() as u64;
+                        ledger.append("gateway-2", &batch).await.expect("append");
+                    }
+                })
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    for task in spawn_ingest("initech") {
+        task.await.expect("appender");
+    }
+    let alone = started.elapsed().as_secs_f64();
+    println!(
+        "ingest alone: {} events in {alone:.2} s = {:.0} events/s ({appenders} appenders, batches of 500)",
+        appenders * per_appender,
+        (appenders * per_appender) as f64 / alone
+    );
+    // Archive the comparison log first, so that the archiver below works on the new log only.
+    let report = archiver
+        .move_down(Tier::Warm, Duration::ZERO, SystemClock.now_nanos())
+        .await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let started = Instant::now();
+    let ingest = spawn_ingest("globex");
+    let mut archived_during_ingest = 0u64;
+    let mut ingest_seconds = None;
+    let mut total = 0u64;
+    let target = appenders * per_appender >> bits << bits;
+    while total < target {
+        let report = archiver
+            .move_down(Tier::Warm, Duration::ZERO, SystemClock.now_nanos())
+            .await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        let moved = (report.moved.len() as u64) << bits;
+        total += moved;
+        if ingest_seconds.is_none() {
+            archived_during_ingest += moved;
+            if ingest.iter().all(|t| t.is_finished()) {
+                ingest_seconds = Some(started.elapsed().as_secs_f64());
+            }
+        }
+        if moved == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for task in ingest {
+        task.await.expect("appender");
+    }
+    let ingest_seconds = ingest_seconds.unwrap_or_else(|| started.elapsed().as_secs_f64());
+    let total_seconds = started.elapsed().as_secs_f64();
+    println!(
+        "concurrent: ingest {} events in {ingest_seconds:.2} s = {:.0} events/s with the archiver running; \
+         archived {archived_during_ingest} leaves meanwhile; all {target} full-segment leaves warm after {total_seconds:.2} s \
+         ({:.2} s after ingest ended)",
+        appenders * per_appender,
+        (appenders * per_appender) as f64 / ingest_seconds,
+        total_seconds - ingest_seconds
     );
     ledger.close().expect("close");
 }
