@@ -237,7 +237,7 @@ async fn main() {
     let mut archived_during_ingest = 0u64;
     let mut ingest_seconds = None;
     let mut total = 0u64;
-    let target = appenders * per_appender >> bits << bits;
+    let target = ((appenders * per_appender) >> bits) << bits;
     while total < target {
         let report = archiver
             .move_down(Tier::Warm, Duration::ZERO, SystemClock.now_nanos())

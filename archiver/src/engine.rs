@@ -496,6 +496,12 @@ impl Archiver {
                     report.failures.push(e.to_string());
                 }
             }
+            // `logged_at` never decreases along the log: once a hot segment is too young to
+            // move, so are all later ones; stop unless later segments were archived (under a
+            // shorter hot window) and may be due for cold or expiry.
+            if std::mem::take(&mut state.hot_not_due) && records.range(start..).next().is_none() {
+                break;
+            }
         }
         Ok(())
     }
@@ -532,6 +538,7 @@ impl Archiver {
                     });
                 };
                 if newest >= cutoff {
+                    state.hot_not_due = true;
                     return Ok(());
                 }
                 state.lag_nanos = state.lag_nanos.max(cutoff - newest);
@@ -1309,4 +1316,6 @@ impl Archiver {
 struct PassState {
     pending: u64,
     lag_nanos: u64,
+    /// Set by the last segment: hot and not yet due.
+    hot_not_due: bool,
 }

@@ -357,3 +357,106 @@ async fn prove_hot_or_archived(archiver: &Archiver, log: &Log, leaf_index: u64) 
         .bytes()
         .is_some()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_steps_leave_the_archive_consistent_and_a_rerun_recovers() {
+    use auditledger_archiver::store::S3Options;
+    use auditledger_archiver::{RetryPolicy, SegmentStore, StoreOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(Arc::new(MemoryStore::new()), 8);
+    append(&ledger, "acme", 0, 2 * 256 + 5).await;
+    let log = ledger.log("acme", "prod").unwrap();
+    let stores = file_stores(dir.path());
+    // A cold tier nobody listens on: every operation fails after its (short) retries.
+    let unreachable = StoreOptions {
+        s3: S3Options {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            allow_http: Some(true),
+            ..S3Options::default()
+        },
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+        },
+    };
+    let broken = TierStores {
+        warm: stores.warm.clone(),
+        cold: SegmentStore::open("s3://nowhere/cold", &unreachable).unwrap(),
+    };
+    let failing = archiver(&ledger, &broken, allow_deletions());
+    let report = failing.move_down(Tier::Warm, Duration::ZERO, now()).await;
+    assert_eq!(
+        (report.moved.len(), report.failures.len()),
+        (2, 0),
+        "{report:?}"
+    );
+    let report = failing.move_down(Tier::Cold, Duration::ZERO, now()).await;
+    assert!(report.moved.is_empty(), "{report:?}");
+    assert_eq!(report.failures.len(), 2, "{report:?}");
+    assert!(
+        report.failures[0].contains("[0,256)"),
+        "{}",
+        report.failures[0]
+    );
+    assert!(
+        report.failures[1].contains("[256,512)"),
+        "{}",
+        report.failures[1]
+    );
+    assert_eq!(failing.metrics().snapshot().pending_segments, 2);
+    assert!(failing.metrics().snapshot().failures >= 2);
+    // Nothing changed: both segments warm and readable.
+    let census = check_archive(&ledger, &stores, failing.reader()).await;
+    assert_eq!(
+        census,
+        Census {
+            warm: 2,
+            cold: 0,
+            expired: 0
+        }
+    );
+
+    // A damaged warm object is refused by reads and by the move, which names the problem; the
+    // other segment moves.
+    let healthy = archiver(&ledger, &stores, allow_deletions());
+    let record = log.segment_of(0).unwrap().unwrap();
+    let path = dir.path().join("warm").join(&record.object);
+    let original = std::fs::read(&path).unwrap();
+    let mut damaged = original.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x55;
+    std::fs::write(&path, &damaged).unwrap();
+    assert!(healthy.reader().leaf(&log, 3).await.is_err());
+    let report = healthy.move_down(Tier::Cold, Duration::ZERO, now()).await;
+    assert_eq!(report.moved.len(), 1, "{report:?}");
+    assert_eq!(report.moved[0].start, 256);
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    assert!(
+        report.failures[0].contains("[0,256)") && report.failures[0].contains("BLAKE3"),
+        "{}",
+        report.failures[0]
+    );
+    // Repaired (e.g. restored from a backup), it moves on the next pass.
+    std::fs::write(&path, &original).unwrap();
+    let report = healthy.move_down(Tier::Cold, Duration::ZERO, now()).await;
+    assert_eq!(
+        (report.moved.len(), report.failures.len()),
+        (1, 0),
+        "{report:?}"
+    );
+    let census = check_archive(&ledger, &stores, healthy.reader()).await;
+    assert_eq!(
+        census,
+        Census {
+            warm: 0,
+            cold: 2,
+            expired: 0
+        }
+    );
+    ledger.close().unwrap();
+}
