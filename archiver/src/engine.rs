@@ -229,6 +229,8 @@ pub struct Archiver {
     /// Expiry evaluations that found nothing to drop: (object BLAKE3, ids of the overlapping
     /// holds). Redone only when either changes.
     expiry_noop: Mutex<HashMap<(String, u64), NoopExpiry>>,
+    /// Segment versions (origin, start, object BLAKE3) without any leaf content left.
+    all_expired: Mutex<HashSet<(String, u64, Hash)>>,
 }
 
 /// The object BLAKE3 and sorted ids of the overlapping holds of an expiry that found nothing.
@@ -363,6 +365,7 @@ impl Archiver {
             running: tokio::sync::Mutex::new(()),
             tidied: Mutex::new(HashSet::new()),
             expiry_noop: Mutex::new(HashMap::new()),
+            all_expired: Mutex::new(HashSet::new()),
         }
     }
 
@@ -1117,6 +1120,9 @@ impl Archiver {
             leaves_held,
             holds,
         };
+        if self.fully_expired(seg, record).await? {
+            return Ok(());
+        }
         let overlapping: Vec<&LegalHold> = holds
             .iter()
             .filter(|h| holds::overlaps(h, record.oldest, record.newest))
@@ -1244,6 +1250,36 @@ impl Archiver {
         ArchiverMetrics::add(&m.leaves_expired, planned.leaves_expired);
         report.expired.push(planned);
         Ok(())
+    }
+
+    /// Whether every leaf of an expired segment has lost its content already (nothing left to
+    /// expire, whatever the holds): read from the object's footer once per process.
+    async fn fully_expired(&self, seg: &Seg, record: &SegmentRecord) -> Result<bool, ArchiveError> {
+        if !record.content_expired {
+            return Ok(false);
+        }
+        let key = (
+            seg.id.origin().to_owned(),
+            seg.id.start(),
+            record.object_blake3,
+        );
+        let lock = || self.all_expired.lock().unwrap_or_else(|p| p.into_inner());
+        if lock().contains(&key) {
+            return Ok(true);
+        }
+        let Some(store) = self.stores.get(record.tier) else {
+            return Ok(false);
+        };
+        let (object, _) = seg.record_paths(record)?;
+        let reader = store
+            .open_segment(&object, &seg.id)
+            .await
+            .map_err(Seg::segment("opening the expired segment"))?;
+        let all = reader.info().expired_leaves == seg.id.count();
+        if all {
+            lock().insert(key);
+        }
+        Ok(all)
     }
 
     /// Rewrites a segment without the content of every leaf no hold covers (on a blocking

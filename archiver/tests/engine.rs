@@ -341,6 +341,9 @@ async fn retention_expiry_honours_legal_holds_and_the_deletion_hook() {
         }
     );
     assert_eq!(archiver.metrics().snapshot().leaves_expired, 3 * 256);
+    // Fully expired segments are left alone (a footer read once, then nothing).
+    let report = archiver.pass(later).await;
+    assert_eq!(report, Default::default());
     ledger.close().unwrap();
 }
 
