@@ -152,3 +152,57 @@ async fn killed_after_every_step_the_rerun_finishes_with_nothing_lost_or_duplica
         }
     }
 }
+
+/// SIGKILL at random moments of a full pass (hot → warm → cold → expiry of many segments),
+/// including in the middle of a step; the rerun finishes. The seed is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_moments_the_rerun_finishes() {
+    const MANY: u64 = 12;
+    let (mut rng, seed) = auditledger_tests::Rng::from_time();
+    println!("seed {seed}");
+    for round in 0..6 {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let ledger = open(&dir.join("db"));
+        append(&ledger, "acme", 0, MANY * 256 + 3).await;
+        ledger.close().unwrap();
+        drop(ledger);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_archive_crash_child"))
+            .args([
+                dir.join("db").to_str().unwrap(),
+                &url(dir, "warm"),
+                &url(dir, "cold"),
+                "expire",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = Duration::from_millis(rng.range(20, 1100));
+        tokio::time::sleep(delay).await;
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        println!("round {round}: SIGKILL sent after {delay:?}; the child ended with {status}");
+
+        let ledger = open(&dir.join("db"));
+        let log = ledger.log("acme", "prod").unwrap();
+        log.wait_for_index(log.tree_size()).await.unwrap();
+        let stores = file_stores(dir);
+        let archiver = archiver(&ledger, &stores);
+        let report = archiver.pass(now() + TEN_YEARS.as_nanos() as u64).await;
+        assert!(
+            report.failures.is_empty(),
+            "seed {seed} round {round}: {report:?}"
+        );
+        let census = check_archive(&ledger, &stores, archiver.reader()).await;
+        assert_eq!(
+            census,
+            Census {
+                warm: 0,
+                cold: MANY,
+                expired: MANY
+            },
+            "seed {seed} round {round}"
+        );
+        ledger.close().unwrap();
+    }
+}
