@@ -1244,12 +1244,14 @@ impl Archiver {
                 .map_err(|e| seg.store("deleting the previous version's manifest", e))?;
         }
         self.crash_point("expire.delete_old");
-        self.mark_tidied(seg, &expired_record);
+        // Versions left by interrupted rewrites go too; a failure here is reported, the
+        // expiry itself is done.
+        let tidied = self.tidy(seg, &expired_record).await;
         let m = &self.metrics;
         ArchiverMetrics::add(&m.segments_expired, 1);
         ArchiverMetrics::add(&m.leaves_expired, planned.leaves_expired);
         report.expired.push(planned);
-        Ok(())
+        tidied
     }
 
     /// Whether every leaf of an expired segment has lost its content already (nothing left to
