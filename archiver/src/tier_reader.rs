@@ -176,6 +176,98 @@ impl TierReader {
         }
     }
 
+    /// The contents of leaves `[from, to)` of one released segment, in order, each checked
+    /// against the tree's leaf hash: one pass over the segment's rows instead of a page read
+    /// per leaf (for `GetEntries` and exports). `to` is clipped to the segment's end; returns
+    /// `(leaf index, leaf hash, contents)` of the leaves read (`to − from` after clipping).
+    pub async fn archived_range(
+        &self,
+        log: &Log,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, auditledger_ledger::merkle::Hash, LeafContent)>, ArchiveError> {
+        use futures_util::TryStreamExt as _;
+        let segment = || format!("{} leaf {from}", log.origin());
+        let ledger = |step, source| ArchiveError::Ledger {
+            segment: segment(),
+            step,
+            source,
+        };
+        let record = log
+            .segment_of(from)
+            .map_err(|e| ledger("reading the segment record", e))?
+            .filter(|r| r.hot_released)
+            .ok_or_else(|| ArchiveError::HotLeaves {
+                segment: segment(),
+                reason: "its segment is not archived".into(),
+            })?;
+        let to = to.min(record.end());
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let nodes: Vec<auditledger_ledger::merkle::NodeId> = (from..to)
+            .map(|i| auditledger_ledger::merkle::NodeId::new(0, i))
+            .collect();
+        let expected =
+            auditledger_ledger::merkle::HashReader::read_hashes(&log.hash_reader(), &nodes)
+                .map_err(|e| ledger("reading leaf hashes from the tree", e.into()))?;
+        let reader = self.open(log, &record).await?;
+        let segment_error = |source| ArchiveError::Segment {
+            step: "reading archived rows",
+            source,
+        };
+        let mut rows = std::pin::pin!(reader.rows().map_err(segment_error)?);
+        let mut out = Vec::with_capacity((to - from) as usize);
+        while let Some(row) = rows.try_next().await.map_err(segment_error)? {
+            if row.leaf_index < from {
+                continue;
+            }
+            if row.leaf_index >= to {
+                break;
+            }
+            let want = from + out.len() as u64;
+            let expected_hash = expected[(want - from) as usize];
+            if row.leaf_index != want || row.leaf_hash != expected_hash {
+                self.evict(log.origin(), record.start);
+                return Err(ArchiveError::LeafHashMismatch {
+                    origin: log.origin().to_owned(),
+                    leaf_index: want,
+                    tier: record.tier.as_str(),
+                    found: format!(
+                        "leaf {} with hash {}",
+                        row.leaf_index,
+                        hash_hex(&row.leaf_hash)
+                    ),
+                    expected: hash_hex(&expected_hash),
+                });
+            }
+            out.push((
+                row.leaf_index,
+                expected_hash,
+                match row.leaf {
+                    Some(bytes) => LeafContent::Present {
+                        bytes,
+                        tier: record.tier,
+                    },
+                    None => LeafContent::Expired { tier: record.tier },
+                },
+            ));
+        }
+        if out.len() as u64 != to - from {
+            self.evict(log.origin(), record.start);
+            return Err(ArchiveError::HotLeaves {
+                segment: segment(),
+                reason: format!(
+                    "the {} tier's segment object ends after {} of the {} leaves asked for",
+                    record.tier,
+                    out.len(),
+                    to - from
+                ),
+            });
+        }
+        Ok(out)
+    }
+
     async fn read_archived(
         &self,
         log: &Log,

@@ -201,6 +201,45 @@ impl AppState {
         }
     }
 
+    /// Leaves `[from, to)` clipped to the end of `from`'s archived segment, as entries.
+    async fn archived_entries(
+        &self,
+        log: &Log,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<pb::Entry>, Status> {
+        use auditledger_archiver::LeafContent;
+        let leaves = self
+            .archiver
+            .reader()
+            .archived_range(log, from, to)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading leaves from {from}: {e}")))?;
+        Ok(leaves
+            .into_iter()
+            .map(|(index, leaf_hash, content)| {
+                let leaf_hash = leaf_hash.to_vec();
+                let tier = proto_tier(content.tier()) as i32;
+                match content {
+                    LeafContent::Present { bytes, .. } => pb::Entry {
+                        leaf_index: index,
+                        leaf: bytes,
+                        leaf_hash,
+                        content_expired: false,
+                        tier,
+                    },
+                    LeafContent::Expired { .. } => pb::Entry {
+                        leaf_index: index,
+                        leaf: Vec::new(),
+                        leaf_hash,
+                        content_expired: true,
+                        tier,
+                    },
+                }
+            })
+            .collect())
+    }
+
     fn log(&self, tenant: &str, environment: &str) -> Result<Log, Status> {
         self.ledger.log(tenant, environment).ok_or_else(|| {
             Status::not_found(format!("no log for tenant {tenant:?} environment {environment:?}: nothing was appended to it"))
@@ -903,35 +942,42 @@ impl pb::log_server::Log for LogService {
                     let _ = tx.blocking_send(Err(status::from_ledger(e)));
                     return;
                 }
-                let mut hot = hot.into_iter().peekable();
-                for index in at..chunk_end {
-                    let entry = match hot.next_if(|(i, _)| *i == index) {
-                        Some((_, leaf)) => Ok(pb::Entry {
-                            leaf_index: index,
-                            leaf_hash: auditledger_ledger::merkle::leaf_hash(&leaf).to_vec(),
-                            leaf,
-                            content_expired: false,
-                            tier: pb::Tier::Hot as i32,
-                        }),
-                        None => handle.block_on(async {
-                            let (leaf, content_expired, tier) =
-                                s.leaf_contents(&log, index).await?;
-                            let leaf_hash = log.leaf_hash(index).map_err(status::from_ledger)?;
-                            Ok(pb::Entry {
-                                leaf_index: index,
-                                leaf,
-                                leaf_hash: leaf_hash.to_vec(),
-                                content_expired,
-                                tier: tier as i32,
-                            })
-                        }),
-                    };
-                    let failed = entry.is_err();
-                    if tx.blocking_send(entry).is_err() || failed {
+                // Hot leaves from `at` on, as long as they are contiguous.
+                let mut entries: Vec<pb::Entry> = hot
+                    .into_iter()
+                    .enumerate()
+                    .take_while(|(k, (i, _))| *i == at + *k as u64)
+                    .map(|(_, (index, leaf))| pb::Entry {
+                        leaf_index: index,
+                        leaf_hash: auditledger_ledger::merkle::leaf_hash(&leaf).to_vec(),
+                        leaf,
+                        content_expired: false,
+                        tier: pb::Tier::Hot as i32,
+                    })
+                    .collect();
+                if entries.is_empty() {
+                    // `at` was released from the hot tier: the rest of its segment at once.
+                    match handle.block_on(s.archived_entries(&log, at, req.end)) {
+                        Ok(archived) if !archived.is_empty() => entries = archived,
+                        Ok(_) => {
+                            let _ = tx.blocking_send(Err(Status::data_loss(format!(
+                                "{}: leaf {at} is in no tier",
+                                log.origin()
+                            ))));
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                at += entries.len() as u64;
+                for e in entries {
+                    if tx.blocking_send(Ok(e)).is_err() {
                         return;
                     }
                 }
-                at = chunk_end;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -293,3 +293,147 @@ fn segments_move_hot_warm_cold_and_read_the_same() {
     });
     assert!(server.stop());
 }
+
+#[test]
+fn retention_in_the_service_expires_contents_a_hold_does_not_cover() {
+    let ledger = Ledger::init(
+        "ledger.segment_bits = 8\nledger.checkpoint_interval = \"50ms\"\ntiers.hot_window = \"0s\"\ntiers.warm_window = \"0s\"\ntiers.retention = \"2s\"\ntiers.archive_interval = \"500ms\"",
+    );
+    let gateway = ledger.token("gateway", &["acme"], &["prod"], None);
+    let investigator = ledger.token("investigator", &["acme"], &["prod"], None);
+    let admin = ledger.token("admin", &["acme"], &["prod"], None);
+    let sys_admin = ledger.token("admin", &["_system"], &["prod"], None);
+    let keys = ledger.keys();
+    let server = Server::start(&ledger);
+    rt().block_on(async {
+        // alice's events are under a legal hold; bob's are not.
+        let mut admin_client = pb::admin_client::AdminClient::new(server.channel().await);
+        let hold = admin_client
+            .place_legal_hold(authed(
+                pb::PlaceLegalHoldRequest {
+                    tenant_id: "acme".into(),
+                    environment: "prod".into(),
+                    user_id: "alice".into(),
+                    case_id: "CASE-9".into(),
+                    reason: "pending litigation".into(),
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let events: Vec<_> = (1..=256)
+            .map(|i| {
+                let mut e = event("acme", "prod", i);
+                if i % 2 == 0 {
+                    e.user_id = "bob".into();
+                }
+                e
+            })
+            .collect();
+        let mut ingest = server.ingest().await;
+        ingest
+            .append(authed(
+                pb::AppendRequest {
+                    events: events.clone(),
+                    wait_for_checkpoint: true,
+                },
+                &gateway,
+            ))
+            .await
+            .unwrap();
+
+        // The archiver inside the server moves the segment to cold and, once retention has
+        // passed, drops bob's contents.
+        let mut log = server.log().await;
+        let mut entries = Vec::new();
+        for _ in 0..150 {
+            entries.clear();
+            let mut stream = log
+                .get_entries(authed(
+                    pb::GetEntriesRequest {
+                        tenant_id: "acme".into(),
+                        environment: "prod".into(),
+                        start: 0,
+                        end: 256,
+                        justification: "retention test".into(),
+                    },
+                    &investigator,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(e) = stream.message().await.unwrap() {
+                entries.push(e);
+            }
+            if entries.iter().any(|e| e.content_expired) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert_eq!(entries.len(), 256);
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e.tier, pb::Tier::Cold as i32, "leaf {i}");
+            let bob = events[i].user_id == "bob";
+            assert_eq!(
+                e.content_expired, bob,
+                "leaf {i}: only bob's contents expire"
+            );
+            if bob {
+                assert!(e.leaf.is_empty());
+            } else {
+                assert_eq!(
+                    decode_leaf_strict(&e.leaf).unwrap().event.unwrap(),
+                    events[i]
+                );
+            }
+        }
+        // An expired leaf still proves: its hash is in the tree under a signed checkpoint.
+        let p = log
+            .get_inclusion_proof(authed(
+                pb::GetInclusionProofRequest {
+                    tenant_id: "acme".into(),
+                    environment: "prod".into(),
+                    key: Some(pb::get_inclusion_proof_request::Key::LeafIndex(1)),
+                    tree_size: 0,
+                    justification: "retention test".into(),
+                },
+                &investigator,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(p.content_expired && p.leaf.is_empty());
+        let hash: [u8; 32] = p.leaf_hash.as_slice().try_into().unwrap();
+        auditledger_verifier::verify_inclusion_of_hash(
+            &hash,
+            1,
+            &p.hashes,
+            p.checkpoint.unwrap().note.as_bytes(),
+            &keys,
+        )
+        .unwrap();
+
+        // The deletion was recorded in the system log, with what the hold kept.
+        let expiry = |events: &[pb::AuditEvent]| {
+            events
+                .iter()
+                .find(|ev| ev.tool_name == "archiver.expire")
+                .cloned()
+        };
+        let recorded = common::system_events(&server, &sys_admin, |e| expiry(e).is_some()).await;
+        let ev = expiry(&recorded).expect("expiry recorded in the system log");
+        assert_eq!(ev.event_kind, pb::EventKind::Retention as i32);
+        assert_eq!(
+            ev.attributes.get("leaves_expired").map(String::as_str),
+            Some("128")
+        );
+        assert_eq!(
+            ev.attributes.get("leaves_held").map(String::as_str),
+            Some("128")
+        );
+        assert_eq!(ev.attributes.get("holds"), Some(&hold.hold_id));
+    });
+    assert!(server.stop());
+}
