@@ -318,7 +318,6 @@ fn check_leaves_and_tiles(
     report: &mut LogReport,
 ) -> Result<Result<EdgeSnapshot, String>, StoreError> {
     let mut edge = TileEdge::new();
-    let mut completed = Vec::new();
     let mut last_logged_at = 0u64;
     let mut next = 0u64;
     let mut released = segments.iter().filter(|s| s.hot_released).peekable();
@@ -331,15 +330,8 @@ fn check_leaves_and_tiles(
             if let Err(p) = check_leaf_hash_index(store, log_id, next, &hashes, indexed)? {
                 return Ok(Err(p));
             }
-            for hash in hashes {
-                edge.append(hash, &mut completed);
-                for (tile, value) in completed.drain(..) {
-                    match compare_tile(store, log_id, tile, &value) {
-                        Ok(()) => report.tiles_checked += 1,
-                        Err(LeafProblem::Store(e)) => return Err(e),
-                        Err(LeafProblem::Bad(p)) => return Ok(Err(p)),
-                    }
-                }
+            if let Err(p) = hash_into_tiles(store, log_id, &mut edge, hashes, report)? {
+                return Ok(Err(p));
             }
             report.leaves_archived += seg.end() - seg.start;
             next = seg.end();
@@ -401,15 +393,8 @@ fn check_leaves_and_tiles(
         if let Err(p) = check_leaf_hash_index(store, log_id, next, &hashes, indexed)? {
             return Ok(Err(p));
         }
-        for hash in hashes {
-            edge.append(hash, &mut completed);
-            for (tile, value) in completed.drain(..) {
-                match compare_tile(store, log_id, tile, &value) {
-                    Ok(()) => report.tiles_checked += 1,
-                    Err(LeafProblem::Store(e)) => return Err(e),
-                    Err(LeafProblem::Bad(p)) => return Ok(Err(p)),
-                }
-            }
+        if let Err(p) = hash_into_tiles(store, log_id, &mut edge, hashes, report)? {
+            return Ok(Err(p));
         }
         report.leaves_checked += leaves.len() as u64;
         next = chunk_end;
@@ -430,6 +415,29 @@ fn check_leaves_and_tiles(
         )));
     }
     Ok(Ok(edge.snapshot()))
+}
+
+/// Extends the recomputed tree by `hashes` and compares every tile they complete with the
+/// stored one.
+fn hash_into_tiles(
+    store: &dyn Store,
+    log_id: LogId,
+    edge: &mut TileEdge,
+    hashes: Vec<Hash>,
+    report: &mut LogReport,
+) -> Check {
+    let mut completed = Vec::new();
+    for hash in hashes {
+        edge.append(hash, &mut completed);
+        for (tile, value) in completed.drain(..) {
+            match compare_tile(store, log_id, tile, &value) {
+                Ok(()) => report.tiles_checked += 1,
+                Err(LeafProblem::Store(e)) => return Err(e),
+                Err(LeafProblem::Bad(p)) => return Ok(Err(p)),
+            }
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Checks that `keys[i]` maps to leaf `first + i` in `space`.
