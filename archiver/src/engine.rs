@@ -126,6 +126,10 @@ pub struct ArchiverConfig {
     pub warm_window: Duration,
     /// Content of a segment whose newest leaf is older than this expires (legal holds permitting).
     pub retention: Duration,
+    /// Retention by `data_classification` (e.g. `restricted` → 10 years), overriding
+    /// `retention` for events of that class: each leaf's content expires once its own
+    /// `logged_at` is older than its class's retention.
+    pub retention_by_class: BTreeMap<String, Duration>,
     /// Parquet settings of written segments.
     pub write: WriteOptions,
     /// Segments kept open by the [`TierReader`].
@@ -139,6 +143,7 @@ impl Default for ArchiverConfig {
             hot_window: 90 * DAY,
             warm_window: 365 * DAY,
             retention: 7 * 365 * DAY,
+            retention_by_class: BTreeMap::new(),
             write: WriteOptions::default(),
             cache_segments: DEFAULT_CACHE_SEGMENTS,
         }
@@ -234,7 +239,29 @@ pub struct Archiver {
 }
 
 /// The object BLAKE3 and sorted ids of the overlapping holds of an expiry that found nothing.
-type NoopExpiry = (Hash, Vec<String>);
+type NoopExpiry = (Hash, Vec<String>, Vec<u64>);
+
+/// Expiry cut-offs (unix nanos): a leaf logged before its class's cut-off expires.
+#[derive(Clone, Debug)]
+struct Cutoffs {
+    default: u64,
+    by_class: BTreeMap<String, u64>,
+}
+
+impl Cutoffs {
+    fn of(&self, class: &str) -> u64 {
+        self.by_class.get(class).copied().unwrap_or(self.default)
+    }
+
+    /// Every cut-off clamped to a segment's `logged_at` span: constant once each is past the
+    /// segment (fully due) or before it (not due), so a no-op expiry is remembered only then.
+    fn clamped(&self, oldest: u64, newest: u64) -> Vec<u64> {
+        std::iter::once(self.default)
+            .chain(self.by_class.values().copied())
+            .map(|c| c.clamp(oldest, newest.saturating_add(1)))
+            .collect()
+    }
+}
 
 /// (origin, segment start, tier, object path) of a recorded segment version.
 type TidyKey = (String, u64, Tier, String);
@@ -386,6 +413,28 @@ impl Archiver {
         &self.metrics
     }
 
+    /// The shortest retention of any class: segments older than it may hold expired content.
+    fn shortest_retention(&self) -> Duration {
+        self.config
+            .retention_by_class
+            .values()
+            .copied()
+            .fold(self.config.retention, Duration::min)
+    }
+
+    /// Expiry cut-offs at `now_nanos` (unix nanos): leaves logged before them expire.
+    fn cutoffs(&self, now_nanos: u64) -> Cutoffs {
+        Cutoffs {
+            default: now_nanos.saturating_sub(nanos(self.config.retention)),
+            by_class: self
+                .config
+                .retention_by_class
+                .iter()
+                .map(|(class, d)| (class.clone(), now_nanos.saturating_sub(nanos(*d))))
+                .collect(),
+        }
+    }
+
     /// Everything due at `now_nanos` (unix nanos), for every log: hot → warm (newest leaf older
     /// than `hot_window`), warm → cold (older than `warm_window`), expiry (older than
     /// `retention`); and the completion of anything an earlier run left half done.
@@ -393,7 +442,7 @@ impl Archiver {
         let due = Due {
             to_warm: Some(now_nanos.saturating_sub(nanos(self.config.hot_window))),
             to_cold: Some(now_nanos.saturating_sub(nanos(self.config.warm_window))),
-            expire: Some(now_nanos.saturating_sub(nanos(self.config.retention))),
+            expire: Some(now_nanos.saturating_sub(nanos(self.shortest_retention()))),
         };
         self.run(due, now_nanos).await
     }
@@ -1140,7 +1189,12 @@ impl Archiver {
         let mut hold_ids: Vec<String> = overlapping.iter().map(|h| h.hold_id.clone()).collect();
         hold_ids.sort();
         let memo_key = (seg.id.origin().to_owned(), seg.id.start());
-        let memo = (record.object_blake3, hold_ids);
+        let cutoffs = self.cutoffs(now_nanos);
+        let memo = (
+            record.object_blake3,
+            hold_ids,
+            cutoffs.clamped(record.oldest, record.newest),
+        );
         if self
             .expiry_noop
             .lock()
@@ -1162,8 +1216,9 @@ impl Archiver {
             return Err(seg.mismatch(record.tier, &object, problem));
         }
         let filtered: Vec<LegalHold> = overlapping.into_iter().cloned().collect();
-        let (rewritten, summary, previous_expired, leaves_held, kept_by) =
-            self.rewrite(seg, bytes, record.root, filtered).await?;
+        let (rewritten, summary, previous_expired, leaves_held, kept_by) = self
+            .rewrite(seg, bytes, record.root, filtered, cutoffs)
+            .await?;
         if summary.expired_leaves == previous_expired {
             self.expiry_noop
                 .lock()
@@ -1293,6 +1348,7 @@ impl Archiver {
         bytes: Bytes,
         root: Hash,
         holds: Vec<LegalHold>,
+        cutoffs: Cutoffs,
     ) -> Result<(Vec<u8>, SegmentSummary, u64, u64, Vec<String>), ArchiveError> {
         let id = seg.id.clone();
         let options = self.config.write.clone();
@@ -1320,6 +1376,11 @@ impl Archiver {
                 let mut kept_by: BTreeSet<String> = BTreeSet::new();
                 let (out, summary) = rewrite_expired(&reader, Vec::new(), &options, |candidate| {
                     let event = candidate.record.event.as_ref();
+                    let class = event.map_or("", |e| e.data_classification.as_str());
+                    if candidate.record.logged_at >= cutoffs.of(class) {
+                        // Its class keeps it longer: not due, not held.
+                        return false;
+                    }
                     let fields = HeldFields {
                         logged_at: candidate.record.logged_at,
                         user_id: event.map_or("", |e| e.user_id.as_str()),

@@ -463,3 +463,72 @@ async fn failed_steps_leave_the_archive_consistent_and_a_rerun_recovers() {
     );
     ledger.close().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_data_class_keeps_longer_classes_until_their_own_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(Arc::new(MemoryStore::new()), 8);
+    // 256 events: every third "restricted" (10 years), the others "internal" (default 2 years).
+    let events: Vec<_> = (0..256u64)
+        .map(|i| {
+            let mut e = auditledger_tests::tool_call((i % 4) as u32, i, "acme", "prod");
+            if i % 3 == 0 {
+                e.data_classification = "restricted".into();
+            }
+            e
+        })
+        .collect();
+    ledger.append("gateway-1", &events).await.unwrap();
+    let log = ledger.log("acme", "prod").unwrap();
+    log.wait_for_index(log.tree_size()).await.unwrap();
+    let restricted = events
+        .iter()
+        .filter(|e| e.data_classification == "restricted")
+        .count() as u64;
+    let stores = file_stores(dir.path());
+    let config = ArchiverConfig {
+        retention: 2 * YEAR,
+        retention_by_class: [("restricted".to_owned(), 10 * YEAR)].into(),
+        ..ArchiverConfig::default()
+    };
+    let archiver = Archiver::new(ledger.clone(), stores.clone(), config, allow_deletions());
+
+    // Three years on: internal contents expire, restricted ones are kept (not "held").
+    let report = archiver.pass(now() + 3 * YEAR.as_nanos() as u64).await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(report.expired.len(), 1, "{report:?}");
+    assert_eq!(
+        (
+            report.expired[0].leaves_expired,
+            report.expired[0].leaves_held
+        ),
+        (256 - restricted, 0)
+    );
+    for (i, e) in events.iter().enumerate() {
+        let content = prove(&archiver, &log, i as u64).await;
+        let kept = e.data_classification == "restricted";
+        assert_eq!(
+            content.bytes().is_some(),
+            kept,
+            "leaf {i} ({})",
+            e.data_classification
+        );
+    }
+    // Nothing more is due until the restricted class's own retention ends.
+    let report = archiver.pass(now() + 9 * YEAR.as_nanos() as u64).await;
+    assert!(
+        report.expired.is_empty() && report.failures.is_empty(),
+        "{report:?}"
+    );
+    let report = archiver.pass(now() + 11 * YEAR.as_nanos() as u64).await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(report.expired.len(), 1, "{report:?}");
+    assert_eq!(report.expired[0].leaves_expired, restricted);
+    for i in 0..256 {
+        assert!(
+            prove(&archiver, &log, i).await.bytes().is_none(),
+            "leaf {i}"
+        );
+    }
+    check_archive(&ledger, &stores, archiver.reader()).await;
+}

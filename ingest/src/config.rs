@@ -32,6 +32,31 @@ fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
+fn duration_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, Duration>, D::Error> {
+    let raw = std::collections::BTreeMap::<String, String>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, text)| {
+            humantime::parse_duration(&text)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| serde::de::Error::custom(format!("{k} = {text:?}: {e}")))
+        })
+        .collect()
+}
+
+fn ser_duration_map<S: serde::Serializer>(
+    m: &std::collections::BTreeMap<String, Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let mut map = s.serialize_map(Some(m.len()))?;
+    for (k, v) in m {
+        map.serialize_entry(k, &humantime::format_duration(*v).to_string())?;
+    }
+    map.end()
+}
+
 /// `[ledger]`
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -224,6 +249,9 @@ pub struct TiersSection {
     /// Event contents expire (dropped from the segment, hashes kept) once older than this.
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub retention: Duration,
+    /// Retention by the events' `data_classification`, overriding `retention` for that class.
+    #[serde(deserialize_with = "duration_map", serialize_with = "ser_duration_map")]
+    pub retention_by_class: std::collections::BTreeMap<String, Duration>,
     /// How often the archiver inside `serve` looks for work; "0s" turns it off.
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub archive_interval: Duration,
@@ -245,6 +273,7 @@ impl Default for TiersSection {
             hot_window: Duration::from_secs(90 * DAY),
             warm_window: Duration::from_secs(365 * DAY),
             retention: Duration::from_secs(7 * 365 * DAY),
+            retention_by_class: std::collections::BTreeMap::new(),
             archive_interval: Duration::from_secs(60),
             s3_endpoint: String::new(),
             s3_region: "us-east-1".into(),
@@ -356,6 +385,9 @@ warm_window = "365days"
 retention = "2555days"
 # How often the archiver inside `serve` looks for work; "0s" turns it off.
 archive_interval = "1m"
+# Retention by data_classification, overriding `retention` for events of that class, e.g.
+# retention_by_class = { restricted = "3650days", public = "365days" }
+retention_by_class = {}
 # For S3-compatible servers: endpoint (empty = AWS), region, plain HTTP (local tests only).
 s3_endpoint = ""
 s3_region = "us-east-1"
@@ -582,5 +614,35 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn tiers_retention_by_class_and_order() {
+        let c = Config::parse(
+            "[tiers]\nretention_by_class = { restricted = \"3650days\" }\n",
+            Path::new("c.toml"),
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            c.tiers.retention_by_class.get("restricted"),
+            Some(&Duration::from_secs(3650 * DAY))
+        );
+        let err = Config::parse(
+            "[tiers]\nretention_by_class = { public = \"forever\" }\n",
+            Path::new("c.toml"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("public") && err.contains("forever"), "{err}");
+        let err = Config::parse(
+            "[tiers]\nhot_window = \"400days\"\n",
+            Path::new("c.toml"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("hot_window"), "{err}");
     }
 }

@@ -49,6 +49,7 @@ pub fn archiver_config(config: &Config) -> ArchiverConfig {
         hot_window: config.tiers.hot_window,
         warm_window: config.tiers.warm_window,
         retention: config.tiers.retention,
+        retention_by_class: config.tiers.retention_by_class.clone(),
         ..Default::default()
     }
 }
