@@ -311,13 +311,18 @@ pub fn log_tier_status(log: &Log, cutoff: u64) -> Result<pb::LogTierStatus, Ledg
         u.oldest = u.oldest.min(r.oldest);
         u.newest = u.newest.max(r.newest);
     }
+    let released: std::collections::HashSet<u64> = records
+        .iter()
+        .filter(|r| r.hot_released)
+        .map(|r| r.start)
+        .collect();
     let hot_leaves = size - released_leaves;
     let mut tiers = Vec::new();
     if hot_leaves > 0 {
         // Bounds of the hot tier: its first hot leaf and the log's last leaf.
         let first_hot = (0..size)
             .step_by(1 << bits)
-            .find(|start| !records.iter().any(|r| r.hot_released && r.start == *start))
+            .find(|start| !released.contains(start))
             .unwrap_or(0);
         let logged_at = |i: u64| -> Result<u64, LedgerError> {
             Ok(log
@@ -339,7 +344,7 @@ pub fn log_tier_status(log: &Log, cutoff: u64) -> Result<pb::LogTierStatus, Ledg
     let full = size >> bits;
     for k in 0..full {
         let start = k << bits;
-        if records.iter().any(|r| r.start == start && r.hot_released) {
+        if released.contains(&start) {
             continue;
         }
         match log.segment_time_bounds(start)? {
