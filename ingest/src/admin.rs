@@ -1,14 +1,15 @@
-//! `auditledger.v1.Admin`: legal holds, tier status and the keyring listing. Holds are placed
-//! and released by admins of the tenant; every change goes to the system log before the caller
-//! hears of it. Key rotation, revocation and witness cosignatures are issue #6 and answer
-//! UNIMPLEMENTED until then.
+//! `auditledger.v1.Admin`: legal holds, tier status, signing keys (list, rotate, revoke). Holds
+//! are placed and released by admins of the tenant, keys are changed by admins of `_system`;
+//! every change goes to the system log before it takes effect. Witness cosignatures are issue
+//! #6 and answer UNIMPLEMENTED until then.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use auditledger_ledger::event::SYSTEM_TENANT;
 use auditledger_ledger::event::{Decision, EventKind};
 use auditledger_ledger::holds::LegalHold;
-use auditledger_ledger::keys::{KeyStatus, unix_now};
+use auditledger_ledger::keys::{KeyEntry, KeyError, KeyStatus, Keyring, unix_now};
 use auditledger_ledger::segments::{SegmentRecord, Tier};
 use auditledger_ledger::{LedgerError, Log};
 use auditledger_proto::v1 as pb;
@@ -33,7 +34,89 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+fn key_info(k: &KeyEntry, now: u64) -> pb::KeyInfo {
+    pb::KeyInfo {
+        name: k.verifier.name().to_owned(),
+        key_id: format!("{:08x}", k.verifier.key_id()),
+        verifier_key: k.verifier.to_string(),
+        valid_from: k.valid_from,
+        valid_until: k.valid_until.unwrap_or(0),
+        revoked_at: k.revoked_at.unwrap_or(0),
+        active: k.status_at(now) == KeyStatus::Active && k.signer.is_some(),
+    }
+}
+
 impl AdminService {
+    /// Keys sign every log, so changing them takes an admin of the `_system` tenant.
+    fn key_admin<T>(&self, request: &Request<T>, method: &str) -> Result<Principal, Status> {
+        let s = &self.0;
+        let p = s.authenticate(request, method, "")?;
+        if p.role != Role::Admin || !p.tenants.iter().any(|t| t == SYSTEM_TENANT) {
+            let reason = format!(
+                "{method} changes the keys of every log: it needs an admin token of tenant {SYSTEM_TENANT}"
+            );
+            s.deny(&p.name, method, "", "", &reason);
+            return Err(Status::permission_denied(reason));
+        }
+        Ok(p)
+    }
+
+    /// Records a key change in the system log of every environment; refused if that fails.
+    async fn record_key_change<const N: usize>(
+        &self,
+        p: &Principal,
+        method: &str,
+        reason: &str,
+        justification: &str,
+        attributes: [(&str, String); N],
+    ) -> Result<(), Status> {
+        for environment in &self.0.config.ledger.environments {
+            self.0
+                .syslog
+                .record(&SystemRecord {
+                    kind: EventKind::KeyRotation,
+                    environment: environment.clone(),
+                    principal: p.name.clone(),
+                    method: method.to_owned(),
+                    decision: Decision::Allow,
+                    reason: reason.to_owned(),
+                    target: String::new(),
+                    justification: justification.to_owned(),
+                    attributes: attributes
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                        .collect(),
+                })
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "cannot record the key change in the system log ({e}); nothing was changed"
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to a copy of the keyring, saves it, then makes it the live keyring
+    /// (the checkpointer reads it at every signing).
+    fn change_keyring(
+        &self,
+        change: impl FnOnce(&mut Keyring) -> Result<KeyEntry, KeyError>,
+    ) -> Result<KeyEntry, Status> {
+        let mut live = self
+            .0
+            .ledger
+            .keyring()
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut next = live.clone();
+        let entry = change(&mut next).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        next.save()
+            .map_err(|e| Status::internal(format!("saving the keyring: {e}")))?;
+        *live = next;
+        Ok(entry)
+    }
+
     /// Records a hold change in the system log; the change is refused if that fails.
     async fn record_hold(
         &self,
@@ -82,20 +165,83 @@ impl AdminService {
 impl pb::admin_server::Admin for AdminService {
     async fn rotate_signing_key(
         &self,
-        _: Request<pb::RotateSigningKeyRequest>,
+        request: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::KeyInfo>, Status> {
-        Err(Status::unimplemented(
-            "Admin.RotateSigningKey is not implemented yet (issue #6); rotate with `auditledger keys generate` and a restart",
-        ))
+        const METHOD: &str = "Admin.RotateSigningKey";
+        let p = self.key_admin(&request, METHOD)?;
+        let req = request.get_ref();
+        if req.justification.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "rotating the signing key needs a justification",
+            ));
+        }
+        let name = if req.key_name.is_empty() {
+            self.0.config.ledger.origin_prefix.clone()
+        } else {
+            req.key_name.clone()
+        };
+        let overlap = (req.overlap_seconds > 0).then_some(req.overlap_seconds);
+        self.record_key_change(
+            &p,
+            METHOD,
+            &format!("signing key rotation: new key {name}"),
+            &req.justification,
+            [
+                ("key_name", name.clone()),
+                ("overlap_seconds", req.overlap_seconds.to_string()),
+            ],
+        )
+        .await?;
+        let entry = self.change_keyring(|ring| ring.rotate(&name, unix_now(), overlap))?;
+        tracing::info!(principal = %p.name, key = %entry.verifier, "signing key rotated");
+        Ok(Response::new(key_info(&entry, unix_now())))
     }
 
     async fn revoke_key(
         &self,
-        _: Request<pb::RevokeKeyRequest>,
+        request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::KeyInfo>, Status> {
-        Err(Status::unimplemented(
-            "Admin.RevokeKey is not implemented yet (issue #6)",
-        ))
+        const METHOD: &str = "Admin.RevokeKey";
+        let p = self.key_admin(&request, METHOD)?;
+        let req = request.get_ref();
+        if req.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("revoking a key needs a reason"));
+        }
+        {
+            let ring = self
+                .0
+                .ledger
+                .keyring()
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            match ring.find(&req.key_id) {
+                None => {
+                    return Err(Status::not_found(format!(
+                        "no key with id {:?}",
+                        req.key_id
+                    )));
+                }
+                Some(k) if k.revoked_at.is_some() => {
+                    return Err(Status::failed_precondition(format!(
+                        "key {} was already revoked",
+                        req.key_id
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        self.record_key_change(
+            &p,
+            METHOD,
+            &format!("signing key {} revoked: {}", req.key_id, req.reason),
+            &req.reason,
+            [("key_id", req.key_id.clone())],
+        )
+        .await?;
+        let entry =
+            self.change_keyring(|ring| ring.revoke(&req.key_id, unix_now(), &req.reason))?;
+        tracing::warn!(principal = %p.name, key = %entry.verifier, "signing key revoked");
+        Ok(Response::new(key_info(&entry, unix_now())))
     }
 
     async fn list_keys(
@@ -112,19 +258,7 @@ impl pb::admin_server::Admin for AdminService {
         }
         let now = unix_now();
         let ring = s.ledger.keyring().read().unwrap_or_else(|e| e.into_inner());
-        let keys = ring
-            .entries()
-            .iter()
-            .map(|k| pb::KeyInfo {
-                name: k.verifier.name().to_owned(),
-                key_id: format!("{:08x}", k.verifier.key_id()),
-                verifier_key: k.verifier.to_string(),
-                valid_from: k.valid_from,
-                valid_until: k.valid_until.unwrap_or(0),
-                revoked_at: k.revoked_at.unwrap_or(0),
-                active: k.status_at(now) == KeyStatus::Active && k.signer.is_some(),
-            })
-            .collect();
+        let keys = ring.entries().iter().map(|k| key_info(k, now)).collect();
         Ok(Response::new(pb::ListKeysResponse { keys }))
     }
 

@@ -208,3 +208,161 @@ fn legal_holds_tier_status_and_keys() {
     });
     assert!(server.stop());
 }
+
+/// Appends one event with `wait_for_checkpoint` and returns the checkpoint note.
+async fn checkpoint_after_append(server: &Server, gateway: &str, seq: u64) -> String {
+    server
+        .ingest()
+        .await
+        .append(authed(
+            pb::AppendRequest {
+                events: vec![event("acme", "prod", seq)],
+                wait_for_checkpoint: true,
+            },
+            gateway,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoint
+        .unwrap()
+        .note
+}
+
+fn signature_lines(note: &str) -> usize {
+    note.lines().filter(|l| l.starts_with('\u{2014}')).count()
+}
+
+#[test]
+fn signing_key_rotation_and_revocation() {
+    let ledger = Ledger::init("ledger.checkpoint_interval = \"50ms\"");
+    let gateway = ledger.token("gateway", &["acme"], &["prod"], None);
+    let tenant_admin = ledger.token("admin", &["acme"], &["prod"], None);
+    let sys_admin = ledger.token("admin", &["_system"], &["prod"], None);
+    let old_key = ledger.keys().remove(0);
+    let server = Server::start(&ledger);
+    rt_block_on(async {
+        let mut client = pb::admin_client::AdminClient::new(server.channel().await);
+        let rotate = |token: &str, justification: &str| {
+            authed(
+                pb::RotateSigningKeyRequest {
+                    key_name: String::new(),
+                    overlap_seconds: 0,
+                    justification: justification.into(),
+                },
+                token,
+            )
+        };
+        // Keys sign every tenant's log: a tenant's admin may not change them.
+        let err = client
+            .rotate_signing_key(rotate(&tenant_admin, "mine"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+        let err = client
+            .rotate_signing_key(rotate(&sys_admin, ""))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+        let before = checkpoint_after_append(&server, &gateway, 1).await;
+        assert_eq!(signature_lines(&before), 1);
+        let new = client
+            .rotate_signing_key(rotate(&sys_admin, "annual rotation"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(new.active);
+        assert_ne!(new.verifier_key, old_key.to_string());
+        let new_key = auditledger_ledger::note::VerifierKey::parse(&new.verifier_key).unwrap();
+        // During the overlap both keys sign; either alone verifies.
+        let both = checkpoint_after_append(&server, &gateway, 2).await;
+        assert_eq!(signature_lines(&both), 2, "{both}");
+        for key in [&old_key, &new_key] {
+            auditledger_verifier::verify_checkpoint(
+                both.as_bytes(),
+                std::slice::from_ref(key),
+                None,
+                None,
+            )
+            .unwrap();
+        }
+        // The rotation is saved: `keys list` prints both.
+        assert_eq!(ledger.keys().len(), 2);
+
+        // Revoking the old key stops it signing at once.
+        let revoked = client
+            .revoke_key(authed(
+                pb::RevokeKeyRequest {
+                    key_id: format!("{:08x}", old_key.key_id()),
+                    reason: "retired".into(),
+                },
+                &sys_admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!revoked.active && revoked.revoked_at > 0);
+        let after = checkpoint_after_append(&server, &gateway, 3).await;
+        assert_eq!(signature_lines(&after), 1, "{after}");
+        auditledger_verifier::verify_checkpoint(
+            after.as_bytes(),
+            std::slice::from_ref(&new_key),
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(
+            auditledger_verifier::verify_checkpoint(
+                after.as_bytes(),
+                std::slice::from_ref(&old_key),
+                None,
+                None
+            )
+            .is_err(),
+            "a revoked key no longer signs"
+        );
+        let err = client
+            .revoke_key(authed(
+                pb::RevokeKeyRequest {
+                    key_id: format!("{:08x}", old_key.key_id()),
+                    reason: "again".into(),
+                },
+                &sys_admin,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+        let err = client
+            .revoke_key(authed(
+                pb::RevokeKeyRequest {
+                    key_id: "00000000".into(),
+                    reason: "x".into(),
+                },
+                &sys_admin,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+
+        // Both changes are in the system log.
+        let rotations = |events: &[pb::AuditEvent]| {
+            events
+                .iter()
+                .filter(|e| e.event_kind == pb::EventKind::KeyRotation as i32)
+                .count()
+        };
+        let events = common::system_events(&server, &sys_admin, |e| rotations(e) >= 2).await;
+        assert_eq!(rotations(&events), 2);
+    });
+    assert!(server.stop());
+}
+
+fn rt_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
