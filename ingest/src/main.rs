@@ -72,7 +72,8 @@ enum Command {
         #[arg(long, env = "AUDITLEDGER_CONFIG")]
         config: PathBuf,
     },
-    /// Serve gRPC (Ingest, Log, health, reflection) and metrics until SIGTERM/SIGINT.
+    /// Serve gRPC (Ingest, Log, Admin, health, reflection), metrics and the archiver until
+    /// SIGTERM/SIGINT.
     Serve {
         #[arg(long, env = "AUDITLEDGER_CONFIG")]
         config: PathBuf,
