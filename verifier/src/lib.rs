@@ -3,6 +3,8 @@
 //! inclusion/consistency proofs, exports and archives. Builds without RocksDB or tonic
 //! (DESIGN §2): it reuses the ledger's pure core only.
 
+pub mod proof_json;
+
 use auditledger_ledger::checkpoint::{self, CheckpointError, VerifiedCheckpoint};
 use auditledger_ledger::merkle::{self, Hash};
 use auditledger_ledger::note::VerifierKey;
