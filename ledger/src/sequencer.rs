@@ -136,18 +136,13 @@ impl Sequencer {
             }
             return;
         }
-        let mut touched: Vec<&LogKey> = group
-            .iter()
-            .flat_map(|s| s.events.iter().map(|e| &e.log))
-            .collect();
-        touched.sort_unstable();
-        touched.dedup();
+        let touched = touched_logs(&group);
         let before: HashMap<LogKey, SeqLog> = touched
-            .into_iter()
+            .iter()
             .filter_map(|k| self.logs.get(k).map(|l| (k.clone(), l.clone())))
             .collect();
         let next_log_id_before = self.next_log_id;
-        match self.build_and_write(&group) {
+        match self.build_and_write(&group, &touched) {
             Ok(Committed {
                 outcomes,
                 created,
@@ -157,13 +152,7 @@ impl Sequencer {
                     self.shared.register_log(log);
                 }
                 let now = self.shared.clock.now_nanos();
-                let mut touched: Vec<&LogKey> = group
-                    .iter()
-                    .flat_map(|s| s.events.iter().map(|e| &e.log))
-                    .collect();
-                touched.sort_unstable();
-                touched.dedup();
-                for key in touched {
+                for key in &touched {
                     if let Some(log) = self.logs.get(key) {
                         // The edge first: a reader that sees the new size must find its nodes.
                         log.info.publish_edge(log.edge.snapshot());
@@ -230,11 +219,11 @@ impl Sequencer {
                 // store holds; if the store cannot tell us, stop accepting writes.
                 self.next_log_id = next_log_id_before;
                 self.logs
-                    .retain(|k, _| before.contains_key(k) || !group_touches(&group, k));
+                    .retain(|k, _| before.contains_key(k) || !touched.contains(k));
                 for (k, log) in before {
                     self.logs.insert(k, log);
                 }
-                if let Err(reload) = self.reload_touched(&group) {
+                if let Err(reload) = self.reload_touched(&touched) {
                     self.shared.set_failure(format!(
                         "write failed ({err}) and reloading log state failed ({reload}); restart the ledger"
                     ));
@@ -254,13 +243,9 @@ impl Sequencer {
     }
 
     /// After a failed write the store is the authority: re-read each touched log's state.
-    fn reload_touched(&mut self, group: &[Submission]) -> Result<(), LedgerError> {
-        let keys: Vec<LogKey> = group
-            .iter()
-            .flat_map(|s| s.events.iter().map(|e| e.log.clone()))
-            .collect();
-        for key in keys {
-            if let Some(log) = self.logs.get_mut(&key) {
+    fn reload_touched(&mut self, touched: &[LogKey]) -> Result<(), LedgerError> {
+        for key in touched {
+            if let Some(log) = self.logs.get_mut(key) {
                 let state = self.shared.load_state(log.info.log_id)?;
                 if state != log.state {
                     log.edge = TileEdge::load(
@@ -331,7 +316,11 @@ impl Sequencer {
     }
 
     #[allow(clippy::type_complexity)]
-    fn build_and_write(&mut self, group: &[Submission]) -> Result<Committed, LedgerError> {
+    fn build_and_write(
+        &mut self,
+        group: &[Submission],
+        touched: &[LogKey],
+    ) -> Result<Committed, LedgerError> {
         let mut batch =
             WriteBatch::with_capacity(group.iter().map(|s| s.events.len() * 2).sum::<usize>() + 8);
         let mut created = Vec::new();
@@ -442,12 +431,6 @@ impl Sequencer {
             outcomes.push(these);
         }
 
-        let mut touched: Vec<&LogKey> = group
-            .iter()
-            .flat_map(|s| s.events.iter().map(|e| &e.log))
-            .collect();
-        touched.sort();
-        touched.dedup();
         for key in touched {
             let log = &self.logs[key];
             batch.put(
@@ -496,6 +479,14 @@ impl Sequencer {
     }
 }
 
-fn group_touches(group: &[Submission], key: &LogKey) -> bool {
-    group.iter().any(|s| s.events.iter().any(|e| &e.log == key))
+/// The distinct logs a group appends to, sorted: computed once per commit and used to snapshot,
+/// write, publish and (after a failure) restore exactly those logs.
+fn touched_logs(group: &[Submission]) -> Vec<LogKey> {
+    let mut touched: Vec<&LogKey> = group
+        .iter()
+        .flat_map(|s| s.events.iter().map(|e| &e.log))
+        .collect();
+    touched.sort_unstable();
+    touched.dedup();
+    touched.into_iter().cloned().collect()
 }
