@@ -509,6 +509,17 @@ async fn scrape(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves an in-process sink on a free loopback port with TCP_NODELAY (as the real server
+/// does); returns its URL.
+async fn serve_on_loopback(router: tonic::transport::server::Router) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(router.serve_with_incoming(
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+    ));
+    Ok(format!("http://{addr}"))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -517,39 +528,26 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         if args.proofs {
             let target = if args.sink {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let addr = listener.local_addr()?;
-                tokio::spawn(
-                    Server::builder()
-                        .add_service(pb::log_server::LogServer::new(ProofSink::new()))
-                        .serve_with_incoming(
-                            tonic::transport::server::TcpIncoming::from(listener)
-                                .with_nodelay(Some(true)),
-                        ),
-                );
-                format!("http://{addr}")
+                serve_on_loopback(
+                    Server::builder().add_service(pb::log_server::LogServer::new(ProofSink::new())),
+                )
+                .await?
             } else {
                 args.target.clone()
             };
             return proofs(args, target).await;
         }
         let target = if args.sink {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            tokio::spawn(
+            serve_on_loopback(
                 Server::builder()
                     .initial_stream_window_size(Some(8 << 20))
                     .initial_connection_window_size(Some(32 << 20))
                     .add_service(
                         pb::ingest_server::IngestServer::new(Sink)
                             .max_decoding_message_size(64 << 20),
-                    )
-                    .serve_with_incoming(
-                        tonic::transport::server::TcpIncoming::from(listener)
-                            .with_nodelay(Some(true)),
                     ),
-            );
-            format!("http://{addr}")
+            )
+            .await?
         } else {
             args.target.clone()
         };
