@@ -3,6 +3,7 @@
 //! every change goes to the system log before it takes effect. Witness cosignatures are issue
 //! #6 and answer UNIMPLEMENTED until then.
 
+use auditledger_ledger::{Clock as _, SystemClock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -27,12 +28,6 @@ pub struct AdminService(pub Arc<AppState>);
 const HOLD_WRITERS: &[Role] = &[Role::Admin];
 const HOLD_READERS: &[Role] = &[Role::Admin, Role::Compliance, Role::Auditor];
 const STATUS_READERS: &[Role] = &[Role::Admin, Role::Compliance, Role::Auditor];
-
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
 
 fn key_info(k: &KeyEntry, now: u64) -> pb::KeyInfo {
     pb::KeyInfo {
@@ -297,7 +292,7 @@ impl pb::admin_server::Admin for AdminService {
             case_id: req.case_id.clone(),
             reason: req.reason.clone(),
             placed_by: p.name.clone(),
-            placed_at: now_nanos(),
+            placed_at: SystemClock.now_nanos(),
             released_at: 0,
             released_by: String::new(),
         };
@@ -355,7 +350,7 @@ impl pb::admin_server::Admin for AdminService {
         )
         .await?;
         let released = holds
-            .release(&req.hold_id, &p.name, now_nanos())
+            .release(&req.hold_id, &p.name, SystemClock.now_nanos())
             .map_err(status::from_ledger)?;
         Ok(Response::new(released))
     }
@@ -404,7 +399,7 @@ impl pb::admin_server::Admin for AdminService {
                 .collect()
         };
         let hot_window_nanos = s.config.tiers.hot_window.as_nanos() as u64;
-        let cutoff = now_nanos().saturating_sub(hot_window_nanos);
+        let cutoff = SystemClock.now_nanos().saturating_sub(hot_window_nanos);
         let mut out = Vec::with_capacity(logs.len());
         for log in logs {
             out.push(log_tier_status(&log, cutoff).map_err(status::from_ledger)?);

@@ -119,9 +119,7 @@ pub fn fsck(config: &Config) -> anyhow::Result<(Vec<String>, bool)> {
 /// `auditledger tiers`: a table of every log's tier usage.
 pub fn tiers(config: &Config) -> anyhow::Result<Vec<String>> {
     let (ledger, _store) = open::open_ledger(config)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let now = auditledger_ledger::Clock::now_nanos(&auditledger_ledger::SystemClock);
     let cutoff = now.saturating_sub(config.tiers.hot_window.as_nanos() as u64);
     let mut lines = vec![format!(
         "{:<48} {:>5} {:>12} {:>9} {:>14} {:<30} {:<30}",

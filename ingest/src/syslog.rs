@@ -6,6 +6,7 @@
 //! committed in batches, so a flood of bad requests cannot stall the server — records that do
 //! not fit are counted and the count itself is recorded.
 
+use auditledger_ledger::{Clock as _, SystemClock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,12 +43,6 @@ pub struct SystemLog {
     queue: std::sync::Mutex<Option<mpsc::Sender<AuditEvent>>>,
     writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     dropped: Arc<AtomicU64>,
-}
-
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl SystemLog {
@@ -127,7 +122,7 @@ impl SystemLog {
             schema_version: auditledger_proto::SCHEMA_VERSION,
             tenant_id: SYSTEM_TENANT.into(),
             environment: self.environment_for(&rec.environment),
-            occurred_at: now_nanos(),
+            occurred_at: SystemClock.now_nanos(),
             user_id: rec.principal.clone(),
             gateway_id: "auditledger".into(),
             tool_server: "auditledger".into(),

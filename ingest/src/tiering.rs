@@ -2,6 +2,7 @@
 //! the system log before they happen, moves recorded after, a periodic pass inside `serve`, and
 //! `auditledger archive --once` / `auditledger tiers`.
 
+use auditledger_ledger::{Clock as _, SystemClock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,12 +148,6 @@ fn split_origin(origin: &str) -> (&str, &str) {
     (tenant, environment)
 }
 
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// Runs a pass every `interval` until `shutdown` flips to true.
 pub async fn run_loop(
     archiver: Arc<Archiver>,
@@ -167,7 +162,7 @@ pub async fn run_loop(
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let report = archiver.pass(now_nanos()).await;
+        let report = archiver.pass(SystemClock.now_nanos()).await;
         report_pass(&syslog, &report);
     }
 }
@@ -186,7 +181,9 @@ pub async fn archive_once(
     let ledger = Arc::new(ledger);
     let syslog = SystemLog::start(ledger.clone(), config.auth.default_environment.clone());
     let archiver = archiver(config, ledger.clone(), syslog_hook(syslog.clone()))?;
-    let report = archiver.move_down(to, older_than, now_nanos()).await;
+    let report = archiver
+        .move_down(to, older_than, SystemClock.now_nanos())
+        .await;
     report_pass(&syslog, &report);
     let mut lines = Vec::new();
     for m in &report.moved {
