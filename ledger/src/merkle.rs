@@ -320,6 +320,94 @@ pub fn verify_inclusion(
     Ok(())
 }
 
+/// The inclusion proof of a perfect subtree `node` (e.g. an archived segment, whose root is a
+/// node of the tree) in the tree of size `tree_size`: the audit path *above* the node, i.e.
+/// the inclusion proof of any leaf under it without its first `node.level` hashes.
+pub fn subtree_inclusion_proof<R: HashReader>(
+    reader: &R,
+    node: NodeId,
+    tree_size: u64,
+) -> Result<Vec<Hash>, MerkleError> {
+    check_subtree(node, tree_size)?;
+    let mut plan = inclusion_plan(node.begin(), tree_size);
+    // The plan lists ranges from the leaf up; the first `level` lie inside the node.
+    plan.ranges.drain(..usize::from(node.level).min(plan.ranges.len()));
+    plan.resolve(reader)
+}
+
+fn check_subtree(node: NodeId, tree_size: u64) -> Result<(), MerkleError> {
+    // Computed without overflow: a node from a file may have any level and index.
+    let width = (node.level < 64).then(|| 1u64 << node.level);
+    let begin = width.and_then(|w| node.index.checked_mul(w));
+    let end = width.and_then(|w| node.index.checked_add(1)?.checked_mul(w));
+    match end {
+        Some(end) if end <= tree_size => Ok(()),
+        _ => Err(MerkleError::BadRange {
+            start: begin.unwrap_or(u64::MAX),
+            end: end.unwrap_or(u64::MAX),
+            tree_size,
+        }),
+    }
+}
+
+/// Root implied by a subtree inclusion proof ([`subtree_inclusion_proof`]): RFC 9162
+/// §2.1.3.2 started at the node's level with the node's hash.
+pub fn root_from_subtree_inclusion_proof(
+    node: NodeId,
+    tree_size: u64,
+    subtree_root: &Hash,
+    proof: &[Hash],
+) -> Result<Hash, MerkleError> {
+    check_subtree(node, tree_size)?;
+    let expected = inclusion_plan(node.begin(), tree_size)
+        .ranges
+        .len()
+        .saturating_sub(usize::from(node.level));
+    if proof.len() != expected {
+        return Err(MerkleError::WrongProofLength {
+            got: proof.len(),
+            expected,
+        });
+    }
+    // Inside a perfect subtree every step of the leaf's path is "left child, not last": after
+    // `level` steps the indexes are exactly these.
+    let (mut fn_, mut sn) = (node.index, (tree_size - 1) >> node.level);
+    let mut r = *subtree_root;
+    for p in proof {
+        if fn_ & 1 == 1 || fn_ == sn {
+            r = node_hash(p, &r);
+            while fn_ & 1 == 0 && fn_ != 0 {
+                fn_ >>= 1;
+                sn >>= 1;
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+    }
+    Ok(r)
+}
+
+/// Verifies that the perfect subtree `node` with root `subtree_root` is part of the tree of
+/// size `tree_size` with root `root`.
+pub fn verify_subtree_inclusion(
+    node: NodeId,
+    tree_size: u64,
+    subtree_root: &Hash,
+    proof: &[Hash],
+    root: &Hash,
+) -> Result<(), MerkleError> {
+    let computed = root_from_subtree_inclusion_proof(node, tree_size, subtree_root, proof)?;
+    if &computed != root {
+        return Err(MerkleError::RootMismatch {
+            computed: hex_of(&computed),
+            expected: hex_of(root),
+        });
+    }
+    Ok(())
+}
+
 /// Verifies an RFC 9162 §2.1.4.2 consistency proof between `(first, first_root)` and
 /// `(second, second_root)`.
 pub fn verify_consistency(
@@ -737,6 +825,30 @@ mod tests {
     }
 
     #[test]
+    fn subtree_outside_the_tree_is_refused() {
+        let hashes = leaves(13);
+        let tree = tree_of(&hashes);
+        let r = root(&tree, 13).unwrap();
+        // [8, 16) is not complete at size 13; [12, 13) is.
+        assert!(matches!(
+            subtree_inclusion_proof(&tree, NodeId::new(3, 1), 13),
+            Err(MerkleError::BadRange { .. })
+        ));
+        let proof = subtree_inclusion_proof(&tree, NodeId::new(0, 12), 13).unwrap();
+        verify_subtree_inclusion(NodeId::new(0, 12), 13, &hashes[12], &proof, &r).unwrap();
+        assert!(matches!(
+            verify_subtree_inclusion(NodeId::new(3, 1), 13, &hashes[12], &proof, &r),
+            Err(MerkleError::BadRange { .. })
+        ));
+        assert!(verify_subtree_inclusion(NodeId::new(63, 7), 13, &r, &[], &r).is_err());
+        // The whole tree as a subtree: an empty proof.
+        let t16 = tree_of(&leaves(16));
+        let r16 = root(&t16, 16).unwrap();
+        assert!(subtree_inclusion_proof(&t16, NodeId::new(4, 0), 16).unwrap().is_empty());
+        verify_subtree_inclusion(NodeId::new(4, 0), 16, &r16, &[], &r16).unwrap();
+    }
+
+    #[test]
     fn tampered_proofs_are_rejected() {
         let hashes = leaves(13);
         let tree = tree_of(&hashes);
@@ -808,6 +920,37 @@ mod tests {
             let other = (m + 1) % size;
             if other != m {
                 prop_assert!(verify_inclusion(m, size, &hashes[other as usize], &proof, &r).is_err());
+            }
+        }
+
+        #[test]
+        fn subtree_inclusion_is_the_upper_path_and_verifies(n in 1usize..600, seed in any::<u64>()) {
+            let hashes = leaves(n);
+            let tree = tree_of(&hashes);
+            let size = (seed % n as u64) + 1;
+            // A perfect subtree inside [0, size): level ≤ log2(size), aligned index.
+            let max_level = 63 - size.leading_zeros();
+            let level = ((seed >> 16) % u64::from(max_level + 1)) as u8;
+            let count = size >> level;
+            let index = (seed >> 24) % count;
+            let node = NodeId::new(level, index);
+            let node_root = naive::mth(&hashes[node.begin() as usize..node.end() as usize]);
+            let proof = subtree_inclusion_proof(&tree, node, size).unwrap();
+            let full = naive::path(node.begin() as usize, &hashes[..size as usize]);
+            prop_assert_eq!(&proof[..], &full[usize::from(level)..]);
+            let r = naive::mth(&hashes[..size as usize]);
+            prop_assert!(verify_subtree_inclusion(node, size, &node_root, &proof, &r).is_ok());
+            if !proof.is_empty() {
+                let mut bad = proof.clone();
+                bad[0][0] ^= 1;
+                prop_assert!(verify_subtree_inclusion(node, size, &node_root, &bad, &r).is_err());
+            }
+            let mut wrong_root = node_root;
+            wrong_root[31] ^= 1;
+            prop_assert!(verify_subtree_inclusion(node, size, &wrong_root, &proof, &r).is_err());
+            if count > 1 {
+                let other = NodeId::new(level, (index + 1) % count);
+                prop_assert!(verify_subtree_inclusion(other, size, &node_root, &proof, &r).is_err());
             }
         }
 
