@@ -331,7 +331,8 @@ pub fn subtree_inclusion_proof<R: HashReader>(
     check_subtree(node, tree_size)?;
     let mut plan = inclusion_plan(node.begin(), tree_size);
     // The plan lists ranges from the leaf up; the first `level` lie inside the node.
-    plan.ranges.drain(..usize::from(node.level).min(plan.ranges.len()));
+    plan.ranges
+        .drain(..usize::from(node.level).min(plan.ranges.len()));
     plan.resolve(reader)
 }
 
@@ -844,7 +845,11 @@ mod tests {
         // The whole tree as a subtree: an empty proof.
         let t16 = tree_of(&leaves(16));
         let r16 = root(&t16, 16).unwrap();
-        assert!(subtree_inclusion_proof(&t16, NodeId::new(4, 0), 16).unwrap().is_empty());
+        assert!(
+            subtree_inclusion_proof(&t16, NodeId::new(4, 0), 16)
+                .unwrap()
+                .is_empty()
+        );
         verify_subtree_inclusion(NodeId::new(4, 0), 16, &r16, &[], &r16).unwrap();
     }
 
