@@ -73,6 +73,7 @@ async fn call(
                 pb::GetCheckpointRequest {
                     tenant_id: tenant.into(),
                     environment: "prod".into(),
+                    tree_size: 0,
                 },
                 token,
             ))

@@ -149,6 +149,7 @@ fn append_prove_read_restart() {
                 pb::GetCheckpointRequest {
                     tenant_id: "acme".into(),
                     environment: "prod".into(),
+                    tree_size: 0,
                 },
                 &inv,
             ))
@@ -640,6 +641,7 @@ fn bad_inputs_get_clear_errors_and_nothing_is_appended() {
                 pb::GetCheckpointRequest {
                     tenant_id: "acme".into(),
                     environment: "staging".into(),
+                    tree_size: 0,
                 },
                 &inv,
             ))
@@ -985,6 +987,7 @@ fn sigterm_drains_in_flight_appends_and_signs_a_final_checkpoint() {
                 pb::GetCheckpointRequest {
                     tenant_id: "acme".into(),
                     environment: "prod".into(),
+                    tree_size: 0,
                 },
                 &inv,
             ))

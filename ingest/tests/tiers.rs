@@ -146,6 +146,7 @@ fn segments_move_hot_warm_cold_and_read_the_same() {
                     pb::GetCheckpointRequest {
                         tenant_id: "acme".into(),
                         environment: "prod".into(),
+                        tree_size: 0,
                     },
                     &investigator,
                 ))

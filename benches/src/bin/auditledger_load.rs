@@ -392,6 +392,7 @@ async fn proofs(args: Args, target: String) -> anyhow::Result<()> {
             pb::GetCheckpointRequest {
                 tenant_id: args.tenant.clone(),
                 environment: args.env.clone(),
+                tree_size: 0,
             },
             &args.token,
         )?)

@@ -318,6 +318,7 @@ pub async fn system_events(
                 pb::GetCheckpointRequest {
                     tenant_id: "_system".into(),
                     environment: "prod".into(),
+                    tree_size: 0,
                 },
                 admin,
             ))
