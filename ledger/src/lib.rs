@@ -7,6 +7,7 @@
 //! grown log every `checkpoint_interval` → [`Log`] answers proofs from the tiles.
 
 pub mod checkpoint;
+pub mod cosignature;
 pub mod error;
 pub mod event;
 pub mod fsck;
