@@ -7,33 +7,47 @@
 //!   content but keeps every hash;
 //! - [`manifest`]: the signed segment manifest that pins a segment object (range, root,
 //!   object name, BLAKE3, size);
+//! - [`anchor`]: the segment anchor that ties a segment to the log's signed checkpoints
+//!   (inclusion of its root, consistency with the previous segment's anchor);
 //! - [`store`]: object stores from URLs (local filesystem by default, `s3://`), retries, and
 //!   the object naming scheme;
 //! - [`engine`]: the [`Archiver`] — crash-safe moves hot → warm → cold, retention expiry under
 //!   legal holds, metrics;
 //! - [`tier_reader`]: [`TierReader`], leaf contents from whichever tier holds them.
 //!
+//! `engine`, `tier_reader` and `metrics` need a RocksDB ledger and sit behind the default
+//! `engine` feature; without it (the offline verifier) the crate reads and checks archives
+//! only.
+//!
 //! The segment geometry — 2^`segment_bits` leaves, a complete subtree — is recorded per log by
 //! the ledger (`Log::segment_bits`).
 
+pub mod anchor;
+#[cfg(feature = "engine")]
 pub mod engine;
 pub mod error;
 pub mod manifest;
+#[cfg(feature = "engine")]
 pub mod metrics;
 pub mod segment;
 pub mod store;
+#[cfg(feature = "engine")]
 pub mod tier_reader;
 
+pub use anchor::{AnchorError, SegmentAnchor, VerifiedAnchor};
+#[cfg(feature = "engine")]
 pub use engine::{
     Archiver, ArchiverConfig, CRASH_ENV, Deletion, DeletionHook, EXPIRY_STEPS, HOT_TO_WARM_STEPS,
     PassReport, SegmentMove, TierStores, WARM_TO_COLD_STEPS, allow_deletions,
 };
 pub use error::ArchiveError;
 pub use manifest::{ManifestError, SegmentManifest, VerifiedManifest};
+#[cfg(feature = "engine")]
 pub use metrics::{ArchiverMetrics, MetricsSnapshot};
 pub use segment::{
     SegmentError, SegmentId, SegmentInfo, SegmentReader, SegmentRow, SegmentSummary, SegmentTree,
     SegmentWriter, WriteOptions, write_segment,
 };
 pub use store::{RetryPolicy, SegmentStore, StoreError, StoreOptions};
+#[cfg(feature = "engine")]
 pub use tier_reader::{LeafContent, TierReader};

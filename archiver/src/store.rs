@@ -20,6 +20,7 @@
 //! ```text
 //! <tenant>/<environment>/segments/<start>-<end>.parquet    the segment file
 //! <tenant>/<environment>/segments/<start>-<end>.manifest   its signed manifest
+//! <tenant>/<environment>/segments/<start>-<end>.anchor     its anchor (crate::anchor)
 //! <tenant>/<environment>/segments/<start>-<end>.expired/<n>.parquet   after retention expiry
 //! <tenant>/<environment>/segments/<start>-<end>.expired/<n>.manifest  (n rows without content)
 //! ```
@@ -401,6 +402,18 @@ pub fn manifest_object_path(
     segment_object(tenant_id, environment, start, end, "manifest")
 }
 
+/// `<tenant>/<environment>/segments/<start>-<end>.anchor`: the segment's anchor
+/// ([`crate::anchor`]). One per segment whatever the object version, so expiry rewrites keep
+/// it.
+pub fn anchor_object_path(
+    tenant_id: &str,
+    environment: &str,
+    start: u64,
+    end: u64,
+) -> Result<Path, StoreError> {
+    segment_object(tenant_id, environment, start, end, "anchor")
+}
+
 /// Where the expiry rewrite of a segment that has `expired_leaves` rows without content is
 /// stored: `<tenant>/<environment>/segments/<start>-<end>.expired/<expired_leaves>.parquet`.
 ///
@@ -555,6 +568,8 @@ mod tests {
         assert_eq!(path.as_ref(), "acme/prod/segments/65536-131072.parquet");
         let path = manifest_object_path("_system", "prod", 0, 256).unwrap();
         assert_eq!(path.as_ref(), "_system/prod/segments/0-256.manifest");
+        let path = anchor_object_path("acme", "prod", 0, 256).unwrap();
+        assert_eq!(path.as_ref(), "acme/prod/segments/0-256.anchor");
         assert!(segment_object_path("../etc", "prod", 0, 1).is_err());
         assert!(segment_object_path("acme", "a/b", 0, 1).is_err());
         assert_eq!(

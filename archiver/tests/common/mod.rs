@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod events;
+#[cfg(feature = "engine")]
 pub mod tiers;
 
 use std::sync::Arc;

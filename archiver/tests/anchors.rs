@@ -1,0 +1,1 @@
+//! Segment anchors end to end (filled in below).
