@@ -3,6 +3,9 @@
 //! inclusion/consistency proofs, exports and archives. Builds without RocksDB or tonic
 //! (DESIGN §2): it reuses the ledger's pure core only.
 
+pub mod grpc;
+pub mod live;
+pub mod monitor;
 pub mod proof_json;
 
 use auditledger_ledger::checkpoint::{self, CheckpointError, VerifiedCheckpoint};
