@@ -74,6 +74,7 @@ const META_STATE_PREFIX: u8 = b'S';
 const META_INDEXED_PREFIX: u8 = b'H';
 const META_SEGMENT_PREFIX: u8 = b'G';
 const META_HOLD_PREFIX: u8 = b'J';
+const META_COSIGNATURE_PREFIX: u8 = b'W';
 
 /// `'O' ‖ origin bytes` → u32 log_id.
 pub fn meta_origin_key(origin: &str) -> Vec<u8> {
@@ -136,11 +137,45 @@ pub fn meta_hold_range() -> ([u8; 1], [u8; 1]) {
     ([META_HOLD_PREFIX], [META_HOLD_PREFIX + 1])
 }
 
+/// `'W' ‖ log_id u32 ‖ tree_size u64 ‖ key_id u32 ‖ witness name (UTF-8)` → `timestamp u64 ‖
+/// Ed25519 signature [64]` (72 bytes): a witness's `cosignature/v1` on the checkpoint of that
+/// size (C2SP tlog-cosignature, see [`crate::cosignature`]); the value is the signature line's
+/// payload after its key ID. One record per witness and checkpoint.
+pub fn meta_cosignature_key(log_id: LogId, tree_size: u64, key_id: u32, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17 + name.len());
+    k.extend_from_slice(&meta_cosignature_prefix(log_id, tree_size));
+    k.extend_from_slice(&key_id.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The 13-byte prefix shared by every cosignature record of one checkpoint.
+pub fn meta_cosignature_prefix(log_id: LogId, tree_size: u64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..5].copy_from_slice(&prefixed(META_COSIGNATURE_PREFIX, log_id));
+    k[5..].copy_from_slice(&tree_size.to_be_bytes());
+    k
+}
+
 fn prefixed(prefix: u8, log_id: LogId) -> [u8; 5] {
     let mut k = [0u8; 5];
     k[0] = prefix;
     k[1..].copy_from_slice(&log_id.to_be_bytes());
     k
+}
+
+/// Splits a cosignature key into (log_id, tree_size, key_id, witness name).
+pub fn parse_meta_cosignature_key(key: &[u8]) -> Option<(LogId, u64, u32, String)> {
+    if key.len() < 18 || key[0] != META_COSIGNATURE_PREFIX {
+        return None;
+    }
+    let name = String::from_utf8(key[17..].to_vec()).ok()?;
+    Some((
+        decode_u32(&key[1..5])?,
+        decode_u64(&key[5..13])?,
+        decode_u32(&key[13..17])?,
+        name,
+    ))
 }
 
 /// Parses the log_id out of a `'L'` key.

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::checkpoint::Checkpoint;
+use crate::cosignature::{COSIGNATURE_V1_LEN, Cosignature};
 use crate::error::LedgerError;
 use crate::event::{self, AuditEvent, EventId, SYSTEM_TENANT};
 use crate::keys::Keyring;
@@ -1311,6 +1312,96 @@ impl Log {
         Ok(true)
     }
 
+    /// Stores witness cosignatures of this log's checkpoint at `tree_size`, durably. The
+    /// caller has verified each against that checkpoint's body and a configured witness
+    /// ([`crate::cosignature`]); this checks that the checkpoint exists (`NotFound` naming the
+    /// size otherwise). One record per witness: an older cosignature never replaces a newer one.
+    pub fn store_cosignatures(
+        &self,
+        tree_size: u64,
+        cosignatures: &[Cosignature],
+    ) -> Result<(), LedgerError> {
+        self.checkpoint_at(tree_size)?;
+        let existing = self.cosignatures(tree_size)?;
+        let mut batch = WriteBatch::with_capacity(cosignatures.len());
+        for c in cosignatures {
+            let newer_stored = existing
+                .iter()
+                .any(|e| e.key_id == c.key_id && e.name == c.name && e.timestamp > c.timestamp);
+            if newer_stored {
+                continue;
+            }
+            let mut value = Vec::with_capacity(COSIGNATURE_V1_LEN);
+            value.extend_from_slice(&c.timestamp.to_be_bytes());
+            value.extend_from_slice(&c.signature);
+            batch.put(
+                Space::Meta,
+                layout::meta_cosignature_key(self.info.log_id, tree_size, c.key_id, &c.name),
+                value,
+            );
+        }
+        self.shared.store.write(batch, true)?;
+        Ok(())
+    }
+
+    /// Witness cosignatures stored for the checkpoint at `tree_size`, by key ID then name.
+    pub fn cosignatures(&self, tree_size: u64) -> Result<Vec<Cosignature>, LedgerError> {
+        let prefix = layout::meta_cosignature_prefix(self.info.log_id, tree_size);
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.shared.store.scan(
+            Space::Meta,
+            &prefix,
+            None,
+            Direction::Forward,
+            &mut |k, v| {
+                if !k.starts_with(&prefix) {
+                    return false;
+                }
+                let parsed = layout::parse_meta_cosignature_key(k);
+                match (parsed, <&[u8; COSIGNATURE_V1_LEN]>::try_from(v)) {
+                    (Some((_, _, key_id, name)), Ok(value)) => {
+                        let mut signature = [0u8; 64];
+                        signature.copy_from_slice(&value[8..]);
+                        out.push(Cosignature {
+                            name,
+                            key_id,
+                            timestamp: u64::from_be_bytes(value[..8].try_into().expect("8 bytes")),
+                            signature,
+                        });
+                        true
+                    }
+                    _ => {
+                        bad = Some(hex::encode(k));
+                        false
+                    }
+                }
+            },
+        )?;
+        match bad {
+            Some(k) => Err(LedgerError::Corrupt(format!(
+                "{}: malformed cosignature record under key {k}",
+                self.info.origin
+            ))),
+            None => Ok(out),
+        }
+    }
+
+    /// The checkpoint's note with every stored witness cosignature appended after the log's
+    /// own signature lines.
+    pub fn cosigned_note(&self, checkpoint: &SignedCheckpoint) -> Result<String, LedgerError> {
+        let cosignatures = self.cosignatures(checkpoint.checkpoint.tree_size)?;
+        if cosignatures.is_empty() {
+            return Ok(checkpoint.note.clone());
+        }
+        let mut note = crate::note::Note::parse(checkpoint.note.as_bytes())
+            .map_err(crate::checkpoint::CheckpointError::from)?;
+        for c in &cosignatures {
+            note.add_signature(c.to_note_signature());
+        }
+        Ok(note.to_note_string())
+    }
+
     fn index_lookup(&self, space: Space, key: &[u8]) -> Result<Option<u64>, LedgerError> {
         match self.shared.store.get(space, key)? {
             None => Ok(None),
@@ -1409,6 +1500,53 @@ mod tests {
                 .latest_checkpoint()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn cosignatures_are_stored_per_checkpoint_and_served_with_its_note() {
+        use crate::cosignature::{WitnessOutcome, WitnessSigner, check_witnesses};
+        let ledger = Ledger::open(Arc::new(MemoryStore::new()), keyring(), options()).unwrap();
+        ledger.append_blocking("gw", &[event(1, "acme")]).unwrap();
+        ledger.checkpoint_now().unwrap();
+        let log = ledger.log("acme", "prod").unwrap();
+        let cp = log.latest_checkpoint().unwrap();
+        let body = crate::note::Note::parse(cp.note.as_bytes()).unwrap();
+        let w1 = WitnessSigner::from_seed("w1.example", &[21; 32]).unwrap();
+        let w2 = WitnessSigner::from_seed("w2.example", &[22; 32]).unwrap();
+        let newer = w1.cosign(body.text(), 2000).unwrap();
+        log.store_cosignatures(1, &[newer, w2.cosign(body.text(), 1500).unwrap()])
+            .unwrap();
+        // An older cosignature by the same witness does not replace the newer one.
+        log.store_cosignatures(1, &[w1.cosign(body.text(), 1000).unwrap()])
+            .unwrap();
+        assert_eq!(log.cosignatures(1).unwrap().len(), 2);
+        let note = log.cosigned_note(&cp).unwrap();
+        let parsed = crate::note::Note::parse(note.as_bytes()).unwrap();
+        assert_eq!(
+            parsed.text(),
+            body.text(),
+            "cosignatures do not touch the body"
+        );
+        let checks = check_witnesses(&parsed, &[w1.witness_key(), w2.witness_key()]);
+        assert_eq!(
+            checks[0].outcome,
+            WitnessOutcome::Cosigned { timestamp: 2000 }
+        );
+        assert_eq!(
+            checks[1].outcome,
+            WitnessOutcome::Cosigned { timestamp: 1500 }
+        );
+        // The log's own signature still verifies; other sizes have no checkpoint.
+        crate::checkpoint::open(note.as_bytes(), &keyring().read().unwrap().all_verifiers())
+            .unwrap();
+        let err = log
+            .store_cosignatures(7, &[w1.cosign(body.text(), 1).unwrap()])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no checkpoint at tree size 7"),
+            "{err}"
+        );
+        assert!(log.cosignatures(7).unwrap().is_empty());
     }
 
     #[test]
