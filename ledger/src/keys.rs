@@ -399,6 +399,185 @@ impl Keyring {
     }
 }
 
+/// Version of the public keyring format.
+pub const PUBLIC_KEYRING_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublicKeyringFile {
+    version: u32,
+    #[serde(default, rename = "key")]
+    keys: Vec<PublicKeyFileEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublicKeyFileEntry {
+    name: String,
+    verifier_key: String,
+    valid_from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    valid_until: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revocation_reason: Option<String>,
+}
+
+/// The keyring as handed to verifiers: every key's verifier key and validity window, nothing
+/// that refers to private key files (written by `auditledger keys export`, read by
+/// `auditledger-verify --keyring`).
+///
+/// ```toml
+/// version = 1
+/// [[key]]
+/// name = "auditledger.local"
+/// verifier_key = "auditledger.local+1a2b3c4d+AQ…"
+/// valid_from = "2026-01-01T00:00:00Z"
+/// valid_until = "2027-01-01T00:00:00Z"   # optional: stops signing at this time
+/// revoked_at = "2026-06-01T00:00:00Z"    # optional: not trusted from this time on
+/// revocation_reason = "laptop lost"      # optional
+/// ```
+///
+/// Parsing is strict: unknown fields, a `name` that differs from the verifier key's, a key
+/// listed twice, malformed times or `valid_until` before `valid_from` are errors naming the key.
+#[derive(Clone, Debug, Default)]
+pub struct PublicKeyring {
+    entries: Vec<KeyEntry>,
+}
+
+impl PublicKeyring {
+    /// The public part of a keyring.
+    pub fn from_keyring(ring: &Keyring) -> PublicKeyring {
+        PublicKeyring {
+            entries: ring
+                .entries()
+                .iter()
+                .map(|e| KeyEntry {
+                    signer: None,
+                    private_key_file: None,
+                    ..e.clone()
+                })
+                .collect(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<PublicKeyring, KeyError> {
+        let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses public keyring text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<PublicKeyring, KeyError> {
+        let file: PublicKeyringFile = toml::from_str(text).map_err(|e| {
+            let mut message = e.to_string();
+            if text.contains("private_key_file") {
+                message.push_str(
+                    " (this looks like the server's keyring; give verifiers the public keyring from `auditledger keys export`)",
+                );
+            }
+            KeyError::Format {
+                path: path.to_owned(),
+                message,
+            }
+        })?;
+        if file.version != PUBLIC_KEYRING_VERSION {
+            return Err(KeyError::Format {
+                path: path.to_owned(),
+                message: format!(
+                    "unsupported public keyring version {} (this build reads {PUBLIC_KEYRING_VERSION})",
+                    file.version
+                ),
+            });
+        }
+        let mut entries: Vec<KeyEntry> = Vec::with_capacity(file.keys.len());
+        for raw in file.keys {
+            let entry_err = |message: String| KeyError::Entry {
+                path: path.to_owned(),
+                key: raw.verifier_key.clone(),
+                message,
+            };
+            let verifier =
+                VerifierKey::parse(&raw.verifier_key).map_err(|e| entry_err(e.to_string()))?;
+            if raw.name != verifier.name() {
+                return Err(entry_err(format!(
+                    "name {:?} differs from the verifier key's name {:?}",
+                    raw.name,
+                    verifier.name()
+                )));
+            }
+            if entries.iter().any(|e| e.verifier == verifier) {
+                return Err(entry_err("listed twice".into()));
+            }
+            let time = |field: &str, text: Option<&str>| {
+                text.map(parse_time)
+                    .transpose()
+                    .map_err(|m| entry_err(format!("{field}: {m}")))
+            };
+            let valid_from =
+                parse_time(&raw.valid_from).map_err(|m| entry_err(format!("valid_from: {m}")))?;
+            let valid_until = time("valid_until", raw.valid_until.as_deref())?;
+            let revoked_at = time("revoked_at", raw.revoked_at.as_deref())?;
+            if valid_until.is_some_and(|u| u < valid_from) {
+                return Err(entry_err("valid_until is before valid_from".into()));
+            }
+            entries.push(KeyEntry {
+                verifier,
+                signer: None,
+                private_key_file: None,
+                valid_from,
+                valid_until,
+                revoked_at,
+                revocation_reason: raw.revocation_reason,
+            });
+        }
+        Ok(PublicKeyring { entries })
+    }
+
+    pub fn entries(&self) -> &[KeyEntry] {
+        &self.entries
+    }
+
+    /// The key with this name and key ID, if listed.
+    pub fn find(&self, name: &str, key_id: u32) -> Option<&KeyEntry> {
+        self.entries
+            .iter()
+            .find(|e| e.verifier.name() == name && e.verifier.key_id() == key_id)
+    }
+
+    /// Every verifier key, whatever its status.
+    pub fn verifiers(&self) -> Vec<VerifierKey> {
+        self.entries.iter().map(|e| e.verifier.clone()).collect()
+    }
+
+    /// The file text.
+    pub fn to_toml(&self) -> String {
+        let file = PublicKeyringFile {
+            version: PUBLIC_KEYRING_VERSION,
+            keys: self
+                .entries
+                .iter()
+                .map(|e| PublicKeyFileEntry {
+                    name: e.verifier.name().to_owned(),
+                    verifier_key: e.verifier.to_string(),
+                    valid_from: format_time(e.valid_from),
+                    valid_until: e.valid_until.map(format_time),
+                    revoked_at: e.revoked_at.map(format_time),
+                    revocation_reason: e.revocation_reason.clone(),
+                })
+                .collect(),
+        };
+        let body = toml::to_string_pretty(&file).unwrap_or_default();
+        format!(
+            "# AuditLedger public keyring (format {PUBLIC_KEYRING_VERSION}): the checkpoint signing keys and\n\
+             # when each was valid. For verifiers (`auditledger-verify --keyring`); holds no secrets.\n\n{body}"
+        )
+    }
+}
+
 fn write_private_key(path: &Path, signer: &SignerKey) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
@@ -524,6 +703,68 @@ mod tests {
             loaded.find(&new.key_id_hex()).unwrap().revoked_at,
             Some(260)
         );
+    }
+
+    #[test]
+    fn public_keyring_round_trips_and_is_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ring = Keyring::new_at(&dir.path().join("keyring.toml"));
+        let old = ring.generate("auditledger.local", 100).unwrap().clone();
+        let new = ring.rotate("auditledger.local", 200, Some(50)).unwrap();
+        ring.revoke(&old.key_id_hex(), 240, "retired").unwrap();
+        let public = PublicKeyring::from_keyring(&ring);
+        let text = public.to_toml();
+        assert!(
+            !text.contains("private_key_file") && !text.contains("PRIVATE"),
+            "{text}"
+        );
+        let path = Path::new("public.toml");
+        let parsed = PublicKeyring::parse(&text, path).unwrap();
+        assert_eq!(parsed.entries().len(), 2);
+        let o = parsed
+            .find("auditledger.local", old.verifier.key_id())
+            .unwrap();
+        assert_eq!(
+            (o.valid_from, o.valid_until, o.revoked_at),
+            (100, Some(250), Some(240))
+        );
+        assert_eq!(o.revocation_reason.as_deref(), Some("retired"));
+        assert_eq!(o.status_at(239), KeyStatus::Active);
+        assert_eq!(o.status_at(240), KeyStatus::Revoked);
+        let n = parsed
+            .find("auditledger.local", new.verifier.key_id())
+            .unwrap();
+        assert!(n.signer.is_none() && n.valid_until.is_none());
+        assert_eq!(parsed.to_toml(), text);
+
+        let vkey = new.verifier.to_string();
+        let entry = |extra: &str| {
+            format!(
+                "version = 1\n[[key]]\nname = \"auditledger.local\"\nverifier_key = \"{vkey}\"\nvalid_from = \"2026-01-01T00:00:00Z\"\n{extra}"
+            )
+        };
+        for (text, needle) in [
+            (entry("bogus = 1\n"), "bogus"),
+            (entry("private_key_file = \"k.key\"\n"), "keys export"),
+            (
+                entry("").replace("name = \"auditledger.local\"", "name = \"other\""),
+                "differs from the verifier key's name",
+            ),
+            (entry("revoked_at = \"soon\"\n"), "revoked_at"),
+            (
+                entry("valid_until = \"2025-01-01T00:00:00Z\"\n"),
+                "valid_until is before valid_from",
+            ),
+            (
+                format!("{}{}", entry(""), entry("").replace("version = 1\n", "")),
+                "listed twice",
+            ),
+            (entry("").replace("version = 1", "version = 9"), "version 9"),
+        ] {
+            let err = PublicKeyring::parse(&text, path).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+            assert!(err.contains("public.toml"), "{err}");
+        }
     }
 
     #[test]
