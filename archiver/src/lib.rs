@@ -26,6 +26,7 @@ pub mod anchor;
 #[cfg(feature = "engine")]
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod manifest;
 #[cfg(feature = "engine")]
 pub mod metrics;

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod export;
 pub mod logging;
 pub mod metrics;
 pub mod open;

@@ -95,6 +95,37 @@ enum Command {
         #[arg(long, default_value = "dev")]
         env: String,
     },
+    /// Pull a signed retention export (DESIGN §7) from a running server into a tar file; check
+    /// it with `auditledger-verify export FILE --key …`. Role compliance (or admin).
+    Export {
+        /// Server URL.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// Compliance bearer token.
+        #[arg(long, env = "AUDITLEDGER_TOKEN")]
+        token: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        env: String,
+        /// First leaf index (with --end; exclusive end).
+        #[arg(long, requires = "end", conflicts_with_all = ["from", "to"])]
+        start: Option<u64>,
+        #[arg(long, requires = "start")]
+        end: Option<u64>,
+        /// Start of the logged_at window: RFC 3339 (2026-11-23T10:00:00Z) or unix nanoseconds.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the logged_at window (exclusive); default: everything up to the latest checkpoint.
+        #[arg(long)]
+        to: Option<String>,
+        /// Why the export is made; written into the signed manifest and the system log.
+        #[arg(long)]
+        justification: String,
+        /// Output tar file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Bearer tokens.
     Token {
         #[command(subcommand)]
@@ -236,6 +267,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for line in runtime.block_on(commands::append_demo(&target, &token, &tenant, &env))? {
                 println!("{line}");
             }
+        }
+        Command::Export {
+            target,
+            token,
+            tenant,
+            env,
+            start,
+            end,
+            from,
+            to,
+            justification,
+            out,
+        } => {
+            let time = |flag: &str, value: Option<&str>| -> anyhow::Result<u64> {
+                value.map_or(Ok(0), |v| {
+                    commands::parse_time_nanos(v).with_context(|| format!("--{flag} {v:?}"))
+                })
+            };
+            let (from_time, to_time) = (time("from", from.as_deref())?, time("to", to.as_deref())?);
+            if start.is_none() && from_time == 0 && to_time == 0 {
+                anyhow::bail!("give a leaf range (--start, --end) or a time window (--from, --to)");
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let bytes = runtime.block_on(commands::export(&commands::ExportCommand {
+                target: &target,
+                token: &token,
+                tenant: &tenant,
+                environment: &env,
+                start: start.unwrap_or(0),
+                end: end.unwrap_or(0),
+                from_time,
+                to_time,
+                justification: &justification,
+                out: &out,
+            }))?;
+            println!("wrote {} ({bytes} bytes)", out.display());
         }
         Command::Token { command } => match command {
             TokenCommand::Create {

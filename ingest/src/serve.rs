@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use auditledger_proto::v1::admin_server::AdminServer;
+use auditledger_proto::v1::compliance_server::ComplianceServer;
 use auditledger_proto::v1::ingest_server::IngestServer;
 use auditledger_proto::v1::log_server::LogServer;
 use tokio::net::TcpListener;
@@ -18,6 +19,7 @@ use tonic::transport::Server;
 use crate::admin::AdminService;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::export::ComplianceService;
 use crate::metrics::ServerMetrics;
 use crate::quotas::Quotas;
 use crate::seqtrack::SeqTracker;
@@ -121,6 +123,9 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
     health_reporter
         .set_serving::<AdminServer<AdminService>>()
         .await;
+    health_reporter
+        .set_serving::<ComplianceServer<ComplianceService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(auditledger_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -136,6 +141,8 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         .max_encoding_message_size(64 << 20);
 
     let admin = AdminServer::new(AdminService(state.clone()));
+    let compliance =
+        ComplianceServer::new(ComplianceService(state.clone())).max_decoding_message_size(1 << 20);
 
     let listener = TcpListener::bind(addr)
         .await
@@ -198,7 +205,8 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         .add_service(reflection)
         .add_service(ingest)
         .add_service(log)
-        .add_service(admin);
+        .add_service(admin)
+        .add_service(compliance);
 
     let mut signal_rx = shutdown_rx.clone();
     let graceful = async move {

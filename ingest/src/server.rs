@@ -127,7 +127,7 @@ impl AppState {
     }
 
     /// Justification rule: required for investigators and compliance; recorded for everyone.
-    fn require_justification(
+    pub(crate) fn require_justification(
         &self,
         p: &Principal,
         method: &str,
@@ -156,7 +156,7 @@ impl AppState {
     }
 
     /// Records a read of event contents durably; no record, no data.
-    async fn record_read(
+    pub(crate) async fn record_read(
         &self,
         p: &Principal,
         method: &str,
@@ -240,7 +240,61 @@ impl AppState {
             .collect())
     }
 
-    fn log(&self, tenant: &str, environment: &str) -> Result<Log, Status> {
+    /// Calls `each` with every leaf of `[start, end)` in order, from whichever tier holds it,
+    /// until it returns `Ok(false)`. Blocking (RocksDB reads; archived segments through
+    /// `handle`); memory is one chunk of hot leaves or one archived segment.
+    pub(crate) fn for_each_leaf_blocking(
+        &self,
+        log: &Log,
+        start: u64,
+        end: u64,
+        handle: &tokio::runtime::Handle,
+        mut each: impl FnMut(pb::Entry) -> Result<bool, Status>,
+    ) -> Result<(), Status> {
+        const CHUNK: u64 = 1024;
+        let mut at = start;
+        while at < end {
+            let chunk_end = (at + CHUNK).min(end);
+            let mut hot: Vec<(u64, Vec<u8>)> = Vec::with_capacity((chunk_end - at) as usize);
+            log.scan_leaves(at, chunk_end, &mut |index, leaf| {
+                hot.push((index, leaf.to_vec()));
+                true
+            })
+            .map_err(status::from_ledger)?;
+            // Hot leaves from `at` on, as long as they are contiguous.
+            let mut entries: Vec<pb::Entry> = hot
+                .into_iter()
+                .enumerate()
+                .take_while(|(k, (i, _))| *i == at + *k as u64)
+                .map(|(_, (index, leaf))| pb::Entry {
+                    leaf_index: index,
+                    leaf_hash: auditledger_ledger::merkle::leaf_hash(&leaf).to_vec(),
+                    leaf,
+                    content_expired: false,
+                    tier: pb::Tier::Hot as i32,
+                })
+                .collect();
+            if entries.is_empty() {
+                // `at` was released from the hot tier: the rest of its segment at once.
+                entries = handle.block_on(self.archived_entries(log, at, end))?;
+                if entries.is_empty() {
+                    return Err(Status::data_loss(format!(
+                        "{}: leaf {at} is in no tier",
+                        log.origin()
+                    )));
+                }
+            }
+            at += entries.len() as u64;
+            for entry in entries {
+                if !each(entry)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn log(&self, tenant: &str, environment: &str) -> Result<Log, Status> {
         self.ledger.log(tenant, environment).ok_or_else(|| {
             Status::not_found(format!("no log for tenant {tenant:?} environment {environment:?}: nothing was appended to it"))
         })
@@ -925,59 +979,14 @@ impl pb::log_server::Log for LogService {
         )
         .await?;
         let (tx, rx) = mpsc::channel::<Result<pb::Entry, Status>>(256);
-        // Read in chunks on a blocking thread; the channel bounds memory for any range. Leaves
-        // released from the hot tier come from their segment (warm or cold) instead.
+        // Read on a blocking thread; the channel bounds memory for any range.
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            const CHUNK: u64 = 1024;
-            let mut at = req.start;
-            while at < req.end {
-                let chunk_end = (at + CHUNK).min(req.end);
-                let mut hot: Vec<(u64, Vec<u8>)> = Vec::with_capacity((chunk_end - at) as usize);
-                let result = log.scan_leaves(at, chunk_end, &mut |index, leaf| {
-                    hot.push((index, leaf.to_vec()));
-                    true
-                });
-                if let Err(e) = result {
-                    let _ = tx.blocking_send(Err(status::from_ledger(e)));
-                    return;
-                }
-                // Hot leaves from `at` on, as long as they are contiguous.
-                let mut entries: Vec<pb::Entry> = hot
-                    .into_iter()
-                    .enumerate()
-                    .take_while(|(k, (i, _))| *i == at + *k as u64)
-                    .map(|(_, (index, leaf))| pb::Entry {
-                        leaf_index: index,
-                        leaf_hash: auditledger_ledger::merkle::leaf_hash(&leaf).to_vec(),
-                        leaf,
-                        content_expired: false,
-                        tier: pb::Tier::Hot as i32,
-                    })
-                    .collect();
-                if entries.is_empty() {
-                    // `at` was released from the hot tier: the rest of its segment at once.
-                    match handle.block_on(s.archived_entries(&log, at, req.end)) {
-                        Ok(archived) if !archived.is_empty() => entries = archived,
-                        Ok(_) => {
-                            let _ = tx.blocking_send(Err(Status::data_loss(format!(
-                                "{}: leaf {at} is in no tier",
-                                log.origin()
-                            ))));
-                            return;
-                        }
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                    }
-                }
-                at += entries.len() as u64;
-                for e in entries {
-                    if tx.blocking_send(Ok(e)).is_err() {
-                        return;
-                    }
-                }
+            let sent = s.for_each_leaf_blocking(&log, req.start, req.end, &handle, |entry| {
+                Ok(tx.blocking_send(Ok(entry)).is_ok())
+            });
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod cosignature;
 pub mod error;
 pub mod event;
+pub mod export;
 pub mod fsck;
 pub mod holds;
 mod indexer;

@@ -67,7 +67,11 @@ enum Command {
     /// Follow a log's checkpoints on a server: verify each, prove it extends the pinned one
     /// (kept in --state), alert on a fork or rollback (exit 2; other errors exit 1).
     Monitor(MonitorArgs),
+    /// Verify a retention export tar completely (DESIGN §7); exit 0 only if it verifies.
+    Export(export_cli::ExportArgs),
 }
+
+mod export_cli;
 
 fn parse_keys(keys: &[String]) -> anyhow::Result<Vec<VerifierKey>> {
     keys.iter()
@@ -211,6 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Monitor(args) => args.run()?,
+        Command::Export(args) => args.run()?,
     }
     Ok(())
 }

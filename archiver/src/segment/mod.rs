@@ -59,7 +59,9 @@ use parquet::errors::ParquetError;
 pub use reader::{ExpiryCandidate, SegmentReader, SegmentTree, VerifiedSegment, rewrite_expired};
 pub(crate) use reader::{parse_decimal, parse_hash_hex};
 pub use schema::{FORMAT_VERSION, column, metadata_key, segment_schema};
-pub use writer::{SegmentSummary, SegmentWriter, WriteOptions, write_segment};
+pub use writer::{
+    RangeSummary, RangeWriter, SegmentSummary, SegmentWriter, WriteOptions, write_segment,
+};
 
 /// Largest supported segment: 2^32 leaves.
 pub const MAX_SEGMENT_BITS: u8 = 32;
@@ -282,18 +284,6 @@ impl SegmentError {
 
     pub(crate) fn parquet(id: &SegmentId, context: &'static str, source: ParquetError) -> Self {
         SegmentError::Parquet {
-            segment: id.to_string(),
-            context,
-            source,
-        }
-    }
-
-    pub(crate) fn arrow(
-        id: &SegmentId,
-        context: &'static str,
-        source: arrow::error::ArrowError,
-    ) -> Self {
-        SegmentError::Arrow {
             segment: id.to_string(),
             context,
             source,

@@ -186,10 +186,14 @@ fn writer_properties(options: &WriteOptions, count: u64) -> Result<WriterPropert
     Ok(builder.build())
 }
 
-/// Streams the leaves of one segment into a Parquet file. Memory: one row group of encoded
-/// pages plus one batch of rows.
-pub struct SegmentWriter<W: Write + Send> {
-    id: SegmentId,
+/// Streams the leaves of any contiguous range `[start, end)` into a Parquet file with the
+/// segment schema: the common core of segment files and export entry files. Memory: one row
+/// group of encoded pages plus one batch of rows.
+pub struct RangeWriter<W: Write + Send> {
+    /// Names the file in errors (a segment id, an export member name).
+    label: String,
+    start: u64,
+    end: u64,
     writer: ArrowWriter<W>,
     batch: Batch,
     range: CompactRange,
@@ -197,9 +201,56 @@ pub struct SegmentWriter<W: Write + Send> {
     logged_at_bounds: Option<(u64, u64)>,
 }
 
-impl<W: Write + Send> SegmentWriter<W> {
-    pub fn new(sink: W, id: SegmentId, options: &WriteOptions) -> Result<Self, SegmentError> {
-        let properties = writer_properties(options, id.count()).map_err(SegmentError::Geometry)?;
+/// What a finished [`RangeWriter`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeSummary {
+    /// Compact range of the leaf hashes written (root of the range if it is one subtree).
+    pub range: CompactRange,
+    pub expired_leaves: u64,
+    /// Smallest and largest `logged_at` of the rows (unix nanoseconds).
+    pub logged_at_bounds: Option<(u64, u64)>,
+}
+
+fn parquet_error(
+    label: &str,
+    context: &'static str,
+    source: parquet::errors::ParquetError,
+) -> SegmentError {
+    SegmentError::Parquet {
+        segment: label.to_owned(),
+        context,
+        source,
+    }
+}
+
+fn arrow_error(
+    label: &str,
+    context: &'static str,
+    source: arrow::error::ArrowError,
+) -> SegmentError {
+    SegmentError::Arrow {
+        segment: label.to_owned(),
+        context,
+        source,
+    }
+}
+
+impl<W: Write + Send> RangeWriter<W> {
+    /// A writer for leaves `[start, end)`; `label` names the file in errors.
+    pub fn new(
+        sink: W,
+        label: impl Into<String>,
+        start: u64,
+        end: u64,
+        options: &WriteOptions,
+    ) -> Result<Self, SegmentError> {
+        let label = label.into();
+        if start > end {
+            return Err(SegmentError::Geometry(format!(
+                "{label}: range [{start}, {end}) is reversed"
+            )));
+        }
+        let properties = writer_properties(options, end - start).map_err(SegmentError::Geometry)?;
         let writer = ArrowWriter::try_new_with_options(
             sink,
             segment_schema(),
@@ -209,19 +260,17 @@ impl<W: Write + Send> SegmentWriter<W> {
                 // schema would only add ~1 KiB to every file.
                 .with_skip_arrow_metadata(true),
         )
-        .map_err(|e| SegmentError::parquet(&id, "creating the Parquet writer", e))?;
-        Ok(SegmentWriter {
-            range: CompactRange::new(id.start()),
-            id,
+        .map_err(|e| parquet_error(&label, "creating the Parquet writer", e))?;
+        Ok(RangeWriter {
+            range: CompactRange::new(start),
+            label,
+            start,
+            end,
             writer,
             batch: Batch::new(),
             expired_leaves: 0,
             logged_at_bounds: None,
         })
-    }
-
-    pub fn id(&self) -> &SegmentId {
-        &self.id
     }
 
     /// Index the next row will get.
@@ -231,29 +280,33 @@ impl<W: Write + Send> SegmentWriter<W> {
 
     fn check_room(&self) -> Result<u64, SegmentError> {
         let leaf_index = self.range.end();
-        if leaf_index == self.id.end() {
+        if leaf_index == self.end {
             return Err(SegmentError::Full {
-                segment: self.id.to_string(),
-                count: self.id.count(),
+                segment: self.label.clone(),
+                count: self.end - self.start,
             });
         }
         Ok(leaf_index)
     }
 
+    fn leaf_error(&self, leaf_index: u64, problem: LeafProblem) -> SegmentError {
+        SegmentError::Leaf {
+            segment: self.label.clone(),
+            leaf_index,
+            problem,
+        }
+    }
+
     /// Appends the next leaf (verbatim bytes, a canonical `LeafRecord`).
     pub fn push_leaf(&mut self, leaf: &[u8]) -> Result<(), SegmentError> {
         let leaf_index = self.check_room()?;
-        let record = decode_leaf(leaf)
-            .map_err(|e| SegmentError::leaf(&self.id, leaf_index, LeafProblem::Decode(e)))?;
+        let record =
+            decode_leaf(leaf).map_err(|e| self.leaf_error(leaf_index, LeafProblem::Decode(e)))?;
         self.push_decoded(leaf, &record)
     }
 
     /// Appends the next leaf, already decoded by the caller.
-    pub(crate) fn push_decoded(
-        &mut self,
-        leaf: &[u8],
-        record: &LeafRecord,
-    ) -> Result<(), SegmentError> {
+    pub fn push_decoded(&mut self, leaf: &[u8], record: &LeafRecord) -> Result<(), SegmentError> {
         let leaf_index = self.check_room()?;
         let hash = leaf_hash(leaf);
         let typed = TypedColumns::of(record);
@@ -261,7 +314,7 @@ impl<W: Write + Send> SegmentWriter<W> {
         b.leaf_index.append_value(leaf_index);
         b.leaf_hash
             .append_value(hash)
-            .map_err(|e| SegmentError::arrow(&self.id, "appending a leaf hash", e))?;
+            .map_err(|e| arrow_error(&self.label, "appending a leaf hash", e))?;
         b.leaf.append_value(leaf);
         b.logged_at.append_value(typed.logged_at);
         b.occurred_at
@@ -293,7 +346,7 @@ impl<W: Write + Send> SegmentWriter<W> {
         b.leaf_index.append_value(leaf_index);
         b.leaf_hash
             .append_value(leaf_hash)
-            .map_err(|e| SegmentError::arrow(&self.id, "appending a leaf hash", e))?;
+            .map_err(|e| arrow_error(&self.label, "appending a leaf hash", e))?;
         b.leaf.append_null();
         b.logged_at.append_option(logged_at);
         b.occurred_at.append_null();
@@ -321,56 +374,130 @@ impl<W: Write + Send> SegmentWriter<W> {
             return Ok(());
         }
         let batch = RecordBatch::try_new(segment_schema(), self.batch.finish())
-            .map_err(|e| SegmentError::arrow(&self.id, "building a record batch", e))?;
+            .map_err(|e| arrow_error(&self.label, "building a record batch", e))?;
         self.writer
             .write(&batch)
-            .map_err(|e| SegmentError::parquet(&self.id, "writing rows", e))
+            .map_err(|e| parquet_error(&self.label, "writing rows", e))
     }
 
-    /// Writes the footer once every leaf of the segment is in; returns the sink and the
-    /// segment root.
-    pub fn finish(mut self) -> Result<(W, SegmentSummary), SegmentError> {
-        if self.range.end() != self.id.end() {
+    /// Writes the footer (with `metadata` as key/value pairs) once every leaf of the range is
+    /// in; returns the sink and what was written.
+    pub fn finish(
+        mut self,
+        metadata: &[(&str, String)],
+    ) -> Result<(W, RangeSummary), SegmentError> {
+        if self.range.end() != self.end {
             return Err(SegmentError::Incomplete {
-                segment: self.id.to_string(),
-                rows: self.range.end() - self.id.start(),
-                expected: self.id.count(),
+                segment: self.label,
+                rows: self.range.end() - self.start,
+                expected: self.end - self.start,
                 first_missing: self.range.end(),
             });
         }
         self.flush_batch()?;
-        let root = match self.range.nodes() {
-            [(node, hash)] if *node == self.id.node() => *hash,
-            // A full aligned power-of-two range always folds into its one node.
-            nodes => unreachable!("segment range folded into {} nodes", nodes.len()),
-        };
-        for (key, value) in [
-            (metadata_key::FORMAT, FORMAT_NAME.to_owned()),
-            (metadata_key::FORMAT_VERSION, FORMAT_VERSION.to_string()),
-            (metadata_key::ORIGIN, self.id.origin().to_owned()),
-            (metadata_key::START, self.id.start().to_string()),
-            (metadata_key::COUNT, self.id.count().to_string()),
-            (metadata_key::SEGMENT_ROOT, hash_hex(&root)),
-            (
-                metadata_key::EXPIRED_LEAVES,
-                self.expired_leaves.to_string(),
-            ),
-        ] {
+        for (key, value) in metadata {
             self.writer
-                .append_key_value_metadata(KeyValue::new(key.to_owned(), value));
+                .append_key_value_metadata(KeyValue::new((*key).to_owned(), value.clone()));
         }
         let sink = self
             .writer
             .into_inner()
-            .map_err(|e| SegmentError::parquet(&self.id, "writing the footer", e))?;
+            .map_err(|e| parquet_error(&self.label, "writing the footer", e))?;
+        Ok((
+            sink,
+            RangeSummary {
+                range: self.range,
+                expired_leaves: self.expired_leaves,
+                logged_at_bounds: self.logged_at_bounds,
+            },
+        ))
+    }
+}
+
+/// Streams the leaves of one segment into a Parquet file.
+pub struct SegmentWriter<W: Write + Send> {
+    id: SegmentId,
+    rows: RangeWriter<W>,
+}
+
+impl<W: Write + Send> SegmentWriter<W> {
+    pub fn new(sink: W, id: SegmentId, options: &WriteOptions) -> Result<Self, SegmentError> {
+        let rows = RangeWriter::new(sink, id.to_string(), id.start(), id.end(), options)?;
+        Ok(SegmentWriter { id, rows })
+    }
+
+    pub fn id(&self) -> &SegmentId {
+        &self.id
+    }
+
+    /// Index the next row will get.
+    pub fn next_leaf_index(&self) -> u64 {
+        self.rows.next_leaf_index()
+    }
+
+    /// Appends the next leaf (verbatim bytes, a canonical `LeafRecord`).
+    pub fn push_leaf(&mut self, leaf: &[u8]) -> Result<(), SegmentError> {
+        self.rows.push_leaf(leaf)
+    }
+
+    /// Appends the next leaf, already decoded by the caller.
+    pub(crate) fn push_decoded(
+        &mut self,
+        leaf: &[u8],
+        record: &LeafRecord,
+    ) -> Result<(), SegmentError> {
+        self.rows.push_decoded(leaf, record)
+    }
+
+    /// Appends the next leaf as expired: its hash (and, if known, its `logged_at`) without
+    /// content.
+    pub fn push_expired(
+        &mut self,
+        leaf_hash: Hash,
+        logged_at: Option<u64>,
+    ) -> Result<(), SegmentError> {
+        self.rows.push_expired(leaf_hash, logged_at)
+    }
+
+    /// Writes the footer once every leaf of the segment is in; returns the sink and the
+    /// segment root.
+    pub fn finish(self) -> Result<(W, SegmentSummary), SegmentError> {
+        let id = self.id;
+        // The root is known once the last leaf is in; the footer records it.
+        let root = match self.rows.range.nodes() {
+            [(node, hash)] if *node == id.node() => Some(*hash),
+            _ => None,
+        };
+        let metadata = [
+            (metadata_key::FORMAT, FORMAT_NAME.to_owned()),
+            (metadata_key::FORMAT_VERSION, FORMAT_VERSION.to_string()),
+            (metadata_key::ORIGIN, id.origin().to_owned()),
+            (metadata_key::START, id.start().to_string()),
+            (metadata_key::COUNT, id.count().to_string()),
+            (
+                metadata_key::SEGMENT_ROOT,
+                root.map(|r| hash_hex(&r)).unwrap_or_default(),
+            ),
+            (
+                metadata_key::EXPIRED_LEAVES,
+                self.rows.expired_leaves.to_string(),
+            ),
+        ];
+        let (sink, summary) = self.rows.finish(&metadata)?;
+        let root = match (root, summary.range.nodes()) {
+            (Some(root), _) => root,
+            // `finish` refused an incomplete range; a full aligned power-of-two range always
+            // folds into its one node.
+            (None, nodes) => unreachable!("segment range folded into {} nodes", nodes.len()),
+        };
         Ok((
             sink,
             SegmentSummary {
-                id: self.id,
+                id,
                 root,
-                expired_leaves: self.expired_leaves,
-                oldest_logged_at: self.logged_at_bounds.map(|(oldest, _)| oldest),
-                newest_logged_at: self.logged_at_bounds.map(|(_, newest)| newest),
+                expired_leaves: summary.expired_leaves,
+                oldest_logged_at: summary.logged_at_bounds.map(|(oldest, _)| oldest),
+                newest_logged_at: summary.logged_at_bounds.map(|(_, newest)| newest),
             },
         ))
     }
