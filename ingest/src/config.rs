@@ -282,6 +282,29 @@ impl Default for TiersSection {
     }
 }
 
+/// `[witnesses]` — external witnesses whose cosignatures `Admin.AddCosignature` accepts.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WitnessesSection {
+    /// Witness verifier keys `name+hexid+base64(0x04||pubkey)` (C2SP tlog-cosignature).
+    pub keys: Vec<String>,
+}
+
+impl WitnessesSection {
+    /// The parsed keys (checked at load, so this only fails on a config built by hand).
+    pub fn parsed(
+        &self,
+    ) -> Result<
+        Vec<auditledger_ledger::cosignature::WitnessKey>,
+        auditledger_ledger::cosignature::CosignatureError,
+    > {
+        self.keys
+            .iter()
+            .map(|k| auditledger_ledger::cosignature::WitnessKey::parse(k))
+            .collect()
+    }
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -293,6 +316,7 @@ pub struct Config {
     pub auth: AuthSection,
     pub quotas: QuotasSection,
     pub tiers: TiersSection,
+    pub witnesses: WitnessesSection,
     /// Directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -392,6 +416,11 @@ retention_by_class = {}
 s3_endpoint = ""
 s3_region = "us-east-1"
 s3_allow_http = false
+
+[witnesses]
+# Witnesses whose cosignatures (C2SP tlog-cosignature, Ed25519 cosignature/v1) Admin.AddCosignature
+# accepts, as verifier keys name+hexid+base64(0x04||pubkey). Empty: no cosignatures are accepted.
+keys = []
 "#;
 
 fn set_override(table: &mut toml::Table, section: &str, key: &str, raw: &str) {
@@ -407,7 +436,15 @@ fn set_override(table: &mut toml::Table, section: &str, key: &str, raw: &str) {
     }
 }
 
-const SECTIONS: &[&str] = &["ledger", "keys", "limits", "server", "auth", "quotas"];
+const SECTIONS: &[&str] = &[
+    "ledger",
+    "keys",
+    "limits",
+    "server",
+    "auth",
+    "quotas",
+    "witnesses",
+];
 
 impl Config {
     /// Parses config text and applies `AUDITLEDGER_<SECTION>_<KEY>` overrides from `env`.
@@ -500,6 +537,20 @@ impl Config {
         }
         if self.server.max_inflight_per_stream == 0 {
             return Err("server.max_inflight_per_stream must be positive".into());
+        }
+        for (i, key) in self.witnesses.keys.iter().enumerate() {
+            let parsed = auditledger_ledger::cosignature::WitnessKey::parse(key)
+                .map_err(|e| format!("witnesses.keys[{i}]: {e}"))?;
+            if self.witnesses.keys[..i]
+                .iter()
+                .filter_map(|k| auditledger_ledger::cosignature::WitnessKey::parse(k).ok())
+                .any(|k| k.name() == parsed.name() && k.key_id() == parsed.key_id())
+            {
+                return Err(format!(
+                    "witnesses.keys[{i}]: witness {} is listed twice",
+                    parsed.short()
+                ));
+            }
         }
         for c in &self.auth.client_cert {
             crate::auth::Role::parse(&c.role)
@@ -614,6 +665,37 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn witnesses_keys_are_checked_and_overridable() {
+        let w = auditledger_ledger::cosignature::WitnessSigner::from_seed("w.example", &[3; 32])
+            .unwrap()
+            .witness_key()
+            .to_string();
+        let env = vec![(
+            "AUDITLEDGER_WITNESSES_KEYS".to_string(),
+            format!("[\"{w}\"]"),
+        )];
+        let c = Config::parse(TEMPLATE, Path::new("c.toml"), env).unwrap();
+        assert_eq!(c.witnesses.keys, vec![w.clone()]);
+        assert_eq!(c.witnesses.parsed().unwrap()[0].to_string(), w);
+        let err = Config::parse(
+            "[witnesses]\nkeys = [\"w.example+00000000+BA==\"]\n",
+            Path::new("c.toml"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("witnesses.keys[0]"), "{err}");
+        let err = Config::parse(
+            &format!("[witnesses]\nkeys = [\"{w}\", \"{w}\"]\n"),
+            Path::new("c.toml"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listed twice"), "{err}");
     }
 
     #[test]
