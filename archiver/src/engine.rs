@@ -13,19 +13,35 @@
 //!    (if an object is already there from an interrupted run, it is verified and reused);
 //! 2. `verify_object`: read it back, recompute the segment root from its rows and compare it
 //!    with the tree's node ([`Log::segment_root`]);
-//! 3. `write_manifest`: sign the segment manifest and put it beside the object;
-//! 4. `record`: [`Log::record_segment`] (tier warm, leaves not yet released);
-//! 5. `release`: [`Log::release_hot_leaves`] deletes the hot leaf bytes atomically with
+//! 3. `write_anchor`: put the segment's anchor ([`crate::anchor`]) beside it — the latest
+//!    signed checkpoint (one is signed now if none covers the segment), the subtree
+//!    inclusion proof of the segment root into it, and the consistency proof from the
+//!    previous segment's anchor. Written before the manifest so that a segment with a
+//!    manifest normally has its anchor too;
+//! 4. `write_manifest`: sign the segment manifest and put it beside the object;
+//! 5. `record`: [`Log::record_segment`] (tier warm, leaves not yet released);
+//! 6. `release`: [`Log::release_hot_leaves`] deletes the hot leaf bytes atomically with
 //!    marking the record released. A record that is not released is finished on the next
 //!    run: its object is checked against the recorded BLAKE3 (and rewritten from the still-hot
 //!    leaves if it does not match), then released.
 //!
-//! Warm → cold (`cold.*` steps): `copy_object`, `copy_manifest` (to the same names in the cold
-//! store), `verify` (read both back: BLAKE3 and size of the object, its rows against the
-//! segment root, the manifest's signature and fields), `record` (tier cold), then
-//! `delete_warm_object` and `delete_warm_manifest` — the warm copy is deleted only after the
+//! Warm → cold (`cold.*` steps): `copy_object`, `copy_manifest`, `copy_anchor` (to the same
+//! names in the cold store), `verify` (read all back: BLAKE3 and size of the object, its rows
+//! against the segment root, the manifest's signature and fields, the anchor's checkpoint
+//! signature and inclusion proof), `record` (tier cold), then `delete_warm_object`,
+//! `delete_warm_manifest` and `delete_warm_anchor` — the warm copy is deleted only after the
 //! cold one was verified and recorded. A cold record whose warm copy survived a crash is
 //! tidied on the next run.
+//!
+//! Anchors: every recorded segment must have an anchor in its tier that chains to the anchor
+//! of the segment before it (its `previous_size` is that anchor's tree size). Each pass walks
+//! a log's segments in order and writes an anchor that is missing (segments archived by an
+//! older version: the tree hashes stay in RocksDB, so the proofs can still be made), does
+//! not parse, or does not chain (rewritten, with the latest checkpoint, which then makes the
+//! next segment's anchor rewritten too). So a crash anywhere, a lost anchor object or a
+//! segment archived out of order is repaired by the next pass. Expiry rewrites leave the
+//! anchor alone: it is named by the segment, not the object version, and the root does not
+//! change. Anchors already checked are remembered per process (no read per pass).
 //!
 //! Retention expiry (`expire.*` steps): segments whose newest leaf is older than the retention
 //! are rewritten without the leaf bytes ([`rewrite_expired`]) except the rows an active legal
@@ -55,6 +71,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::path::Path;
 
+use crate::anchor::SegmentAnchor;
 use crate::error::ArchiveError;
 use crate::manifest::{self, SegmentManifest};
 use crate::metrics::ArchiverMetrics;
@@ -63,8 +80,8 @@ use crate::segment::{
     rewrite_expired,
 };
 use crate::store::{
-    SegmentStore, StoreError, expired_segment_object_path, expired_versions_folder,
-    manifest_object_path, manifest_path_for, segment_object_path,
+    SegmentStore, StoreError, anchor_object_path, expired_segment_object_path,
+    expired_versions_folder, manifest_object_path, manifest_path_for, segment_object_path,
 };
 use crate::tier_reader::{DEFAULT_CACHE_SEGMENTS, TierReader};
 
@@ -75,6 +92,7 @@ pub const CRASH_ENV: &str = "AUDITLEDGER_ARCHIVER_CRASH_AFTER";
 pub const HOT_TO_WARM_STEPS: &[&str] = &[
     "warm.write_object",
     "warm.verify_object",
+    "warm.write_anchor",
     "warm.write_manifest",
     "warm.record",
     "warm.release",
@@ -84,10 +102,12 @@ pub const HOT_TO_WARM_STEPS: &[&str] = &[
 pub const WARM_TO_COLD_STEPS: &[&str] = &[
     "cold.copy_object",
     "cold.copy_manifest",
+    "cold.copy_anchor",
     "cold.verify",
     "cold.record",
     "cold.delete_warm_object",
     "cold.delete_warm_manifest",
+    "cold.delete_warm_anchor",
 ];
 
 /// Steps of a retention expiry, in order.
@@ -236,6 +256,8 @@ pub struct Archiver {
     expiry_noop: Mutex<HashMap<(String, u64), NoopExpiry>>,
     /// Segment versions (origin, start, object BLAKE3) without any leaf content left.
     all_expired: Mutex<HashSet<(String, u64, Hash)>>,
+    /// Anchors known to be in place, by (origin, segment start): (tree size, previous size).
+    anchors: Mutex<HashMap<(String, u64), (u64, u64)>>,
 }
 
 /// The object BLAKE3 and sorted ids of the overlapping holds of an expiry that found nothing.
@@ -343,6 +365,25 @@ impl Seg {
         Ok((object, manifest))
     }
 
+    /// The segment's anchor, in whichever tier holds the segment.
+    fn anchor_path(&self) -> Result<Path, ArchiveError> {
+        anchor_object_path(
+            self.tenant(),
+            self.environment(),
+            self.id.start(),
+            self.id.end(),
+        )
+        .map_err(|e| self.store("naming", e))
+    }
+
+    fn anchor(&self, step: &'static str, reason: impl Into<String>) -> ArchiveError {
+        ArchiveError::Anchor {
+            segment: self.name(),
+            step,
+            reason: reason.into(),
+        }
+    }
+
     fn record_paths(&self, record: &SegmentRecord) -> Result<(Path, Path), ArchiveError> {
         let object = Path::parse(&record.object).map_err(|e| ArchiveError::ObjectMismatch {
             segment: self.name(),
@@ -393,6 +434,7 @@ impl Archiver {
             tidied: Mutex::new(HashSet::new()),
             expiry_noop: Mutex::new(HashMap::new()),
             all_expired: Mutex::new(HashSet::new()),
+            anchors: Mutex::new(HashMap::new()),
         }
     }
 
@@ -603,6 +645,7 @@ impl Archiver {
             return Ok(());
         };
         self.tidy(seg, &record).await?;
+        self.ensure_anchor(seg, &record).await?;
         if record.tier == Tier::Warm
             && let Some(cutoff) = due.to_cold
             && record.newest < cutoff
@@ -838,6 +881,8 @@ impl Archiver {
                 back
             }
         };
+        self.write_anchor(seg, warm, root).await?;
+        self.crash_point("warm.write_anchor");
         let summary = SegmentSummary {
             id: seg.id.clone(),
             root,
@@ -913,6 +958,209 @@ impl Archiver {
             bytes: record.object_bytes,
         };
         (record, segment_move)
+    }
+
+    fn anchor_memo(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), (u64, u64)>> {
+        self.anchors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_anchor(&self, seg: &Seg) {
+        self.anchor_memo()
+            .remove(&(seg.id.origin().to_owned(), seg.id.start()));
+    }
+
+    /// Tree size of the previous segment's anchor, which this segment's anchor must chain
+    /// to; 0 for the first segment and when the previous segment is not archived (still hot).
+    /// Segments are walked in order, so it is normally remembered from this pass.
+    async fn previous_anchor(&self, seg: &Seg) -> Result<u64, ArchiveError> {
+        let step = "reading the previous segment's anchor";
+        let Some(previous_start) = seg.id.start().checked_sub(seg.id.count()) else {
+            return Ok(0);
+        };
+        let key = (seg.id.origin().to_owned(), previous_start);
+        if let Some((tree_size, _)) = self.anchor_memo().get(&key) {
+            return Ok(*tree_size);
+        }
+        let Some(record) = seg
+            .log
+            .segment_of(previous_start)
+            .map_err(|e| seg.ledger(step, e))?
+        else {
+            return Ok(0);
+        };
+        let previous = Seg {
+            log: seg.log.clone(),
+            id: SegmentId::new(seg.id.origin(), previous_start, seg.id.bits())
+                .map_err(Seg::segment("naming"))?,
+        };
+        let store = self
+            .stores
+            .get(record.tier)
+            .ok_or_else(|| seg.anchor(step, "the previous segment's record names the hot tier"))?;
+        let path = previous.anchor_path()?;
+        let bytes = get_optional(store.get(&path).await).map_err(|e| seg.store(step, e))?;
+        // Not there yet or unreadable: the previous segment's own pass writes it first; until
+        // then this segment cannot be chained, and is retried.
+        let bytes = bytes.ok_or_else(|| {
+            seg.anchor(
+                step,
+                format!(
+                    "{}: {path} is missing; retried on the next pass",
+                    previous.name()
+                ),
+            )
+        })?;
+        let anchor = SegmentAnchor::parse(&bytes)
+            .map_err(|e| seg.anchor(step, format!("{}: {path}: {e}", previous.name())))?;
+        Ok(anchor.tree_size)
+    }
+
+    /// Makes sure a recorded segment has an anchor in its tier that chains to the previous
+    /// segment's; writes (or rewrites) it if not. See the module docs.
+    async fn ensure_anchor(&self, seg: &Seg, record: &SegmentRecord) -> Result<(), ArchiveError> {
+        let previous_size = self.previous_anchor(seg).await?;
+        let key = (seg.id.origin().to_owned(), seg.id.start());
+        if self
+            .anchor_memo()
+            .get(&key)
+            .is_some_and(|(_, p)| *p == previous_size)
+        {
+            return Ok(());
+        }
+        let store = self
+            .stores
+            .get(record.tier)
+            .ok_or_else(|| seg.anchor("checking the anchor", "the record names the hot tier"))?;
+        let path = seg.anchor_path()?;
+        if let Some(bytes) = get_optional(store.get(&path).await)
+            .map_err(|e| seg.store("reading the segment's anchor", e))?
+            && let Ok(anchor) = SegmentAnchor::parse(&bytes)
+            && anchor.origin == seg.id.origin()
+            && (anchor.start, anchor.end) == (seg.id.start(), seg.id.end())
+            && anchor.segment_root == record.root
+            && anchor.previous_size == previous_size
+        {
+            self.anchor_memo()
+                .insert(key, (anchor.tree_size, anchor.previous_size));
+            return Ok(());
+        }
+        self.write_anchor(seg, store, record.root).await
+    }
+
+    /// Writes the segment's anchor to `store`: the latest checkpoint (signing one now if
+    /// none covers the segment), the segment root's inclusion proof into it, and the
+    /// consistency proof from the previous segment's anchor. Checked before it is written.
+    async fn write_anchor(
+        &self,
+        seg: &Seg,
+        store: &SegmentStore,
+        root: Hash,
+    ) -> Result<(), ArchiveError> {
+        let step = "making the segment anchor";
+        let previous_size = self.previous_anchor(seg).await?;
+        let log = &seg.log;
+        let needed = seg.id.end().max(previous_size);
+        let covering = |c: Option<Arc<auditledger_ledger::SignedCheckpoint>>| {
+            c.filter(|c| c.checkpoint.tree_size >= needed)
+        };
+        let checkpoint = match covering(log.latest_checkpoint()) {
+            Some(c) => c,
+            None => {
+                self.ledger
+                    .checkpoint_now()
+                    .map_err(|e| seg.ledger("signing a checkpoint for the segment anchor", e))?;
+                let latest = log.latest_checkpoint();
+                let latest_size = latest
+                    .as_ref()
+                    .map_or("none".into(), |c| c.checkpoint.tree_size.to_string());
+                covering(latest).ok_or_else(|| {
+                    seg.anchor(
+                        step,
+                        format!(
+                            "no signed checkpoint of tree size {needed} or more (latest: {latest_size})"
+                        ),
+                    )
+                })?
+            }
+        };
+        let tree_size = checkpoint.checkpoint.tree_size;
+        let inclusion = auditledger_ledger::merkle::subtree_inclusion_proof(
+            &log.hash_reader(),
+            seg.id.node(),
+            tree_size,
+        )
+        .map_err(|e| seg.anchor(step, format!("inclusion proof at {tree_size}: {e}")))?;
+        let consistency = if previous_size == 0 || previous_size == tree_size {
+            Vec::new()
+        } else {
+            log.consistency_proof(previous_size, tree_size)
+                .map_err(|e| seg.ledger("the anchor's consistency proof", e))?
+        };
+        let anchor = SegmentAnchor {
+            origin: seg.id.origin().to_owned(),
+            start: seg.id.start(),
+            end: seg.id.end(),
+            segment_root: root,
+            tree_size,
+            previous_size,
+            inclusion,
+            consistency,
+            checkpoint_note: checkpoint.note.clone(),
+        };
+        let text = anchor.to_text();
+        // What a verifier will check of it on its own (the chain needs the previous anchor).
+        SegmentAnchor::parse(text.as_bytes())
+            .and_then(|a| a.verify(&self.verifiers()))
+            .map_err(|e| seg.anchor(step, e.to_string()))?;
+        let path = seg.anchor_path()?;
+        store
+            .put(&path, Bytes::from(text))
+            .await
+            .map_err(|e| seg.store("writing the segment anchor", e))?;
+        self.anchor_memo().insert(
+            (seg.id.origin().to_owned(), seg.id.start()),
+            (tree_size, previous_size),
+        );
+        Ok(())
+    }
+
+    fn verifiers(&self) -> Vec<auditledger_ledger::note::VerifierKey> {
+        self.ledger
+            .keyring()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .all_verifiers()
+    }
+
+    /// Checks an anchor read back: it parses, is for this segment and its recorded root, its
+    /// checkpoint is signed by a key of the keyring, and its inclusion proof holds.
+    fn check_anchor(
+        &self,
+        seg: &Seg,
+        bytes: &[u8],
+        record: &SegmentRecord,
+    ) -> Result<(), ArchiveError> {
+        let step = "checking the anchor read back";
+        let anchor = SegmentAnchor::parse(bytes).map_err(|e| seg.anchor(step, e.to_string()))?;
+        if anchor.origin != seg.id.origin()
+            || (anchor.start, anchor.end) != (seg.id.start(), seg.id.end())
+            || anchor.segment_root != record.root
+        {
+            return Err(seg.anchor(
+                step,
+                format!(
+                    "it is for {} [{}, {}) with root {}, not this segment and its recorded root",
+                    anchor.origin,
+                    anchor.start,
+                    anchor.end,
+                    hash_hex(&anchor.segment_root)
+                ),
+            ));
+        }
+        anchor
+            .verify(&self.verifiers())
+            .map_err(|e| seg.anchor(step, e.to_string()))?;
+        Ok(())
     }
 
     /// Reads a manifest note and checks it against the record.
@@ -1001,6 +1249,22 @@ impl Archiver {
             .await
             .map_err(|e| seg.store("copying the manifest to the cold tier", e))?;
         self.crash_point("cold.copy_manifest");
+        let anchor_path = seg.anchor_path()?;
+        let Some(anchor) = get_optional(warm.get(&anchor_path).await)
+            .map_err(|e| seg.store("reading the warm anchor", e))?
+        else {
+            self.forget_anchor(seg);
+            return Err(seg.anchor(
+                "copying the anchor to the cold tier",
+                format!(
+                    "{anchor_path} is missing from the warm tier; the next pass writes it again"
+                ),
+            ));
+        };
+        cold.put(&anchor_path, anchor)
+            .await
+            .map_err(|e| seg.store("copying the anchor to the cold tier", e))?;
+        self.crash_point("cold.copy_anchor");
         let back = cold
             .get(&object)
             .await
@@ -1014,6 +1278,11 @@ impl Archiver {
             .await
             .map_err(|e| seg.store("reading the cold manifest back", e))?;
         let manifest = self.check_manifest(seg, &note_back, record)?;
+        let anchor_back = cold
+            .get(&anchor_path)
+            .await
+            .map_err(|e| seg.store("reading the cold anchor back", e))?;
+        self.check_anchor(seg, &anchor_back, record)?;
         if manifest.expired_leaves != expired || (expired > 0) != record.content_expired {
             return Err(seg.mismatch(
                 Tier::Cold,
@@ -1047,6 +1316,10 @@ impl Archiver {
             .await
             .map_err(|e| seg.store("deleting the warm manifest", e))?;
         self.crash_point("cold.delete_warm_manifest");
+        warm.delete(&anchor_path)
+            .await
+            .map_err(|e| seg.store("deleting the warm anchor", e))?;
+        self.crash_point("cold.delete_warm_anchor");
         self.mark_tidied(seg, &cold_record);
         let m = &self.metrics;
         ArchiverMetrics::add(&m.segments_to_cold, 1);
@@ -1113,6 +1386,10 @@ impl Archiver {
                 continue;
             };
             let mut doomed: Vec<Path> = Vec::new();
+            if tier != record.tier {
+                // The anchor is authoritative in the record's tier only.
+                doomed.push(seg.anchor_path()?);
+            }
             for path in [&original, &original_manifest, &object, &manifest_path] {
                 let authoritative = tier == record.tier && keep.contains(&path.to_string());
                 if !authoritative && !doomed.contains(path) {

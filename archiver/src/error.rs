@@ -50,6 +50,13 @@ pub enum ArchiveError {
         path: String,
         reason: String,
     },
+    /// A segment anchor could not be made, was missing, or did not verify.
+    #[error("{segment}: {step}: {reason}")]
+    Anchor {
+        segment: String,
+        step: &'static str,
+        reason: String,
+    },
     /// The hot store does not hold every leaf of a segment it has not released.
     #[error("{segment}: hot leaves: {reason}")]
     HotLeaves { segment: String, reason: String },

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use auditledger_archiver::manifest;
 use auditledger_archiver::segment::{SegmentId, SegmentReader};
-use auditledger_archiver::store::manifest_path_for;
+use auditledger_archiver::store::{anchor_object_path, manifest_path_for};
 use auditledger_archiver::{LeafContent, SegmentStore, StoreOptions, TierReader, TierStores};
+use auditledger_archiver::{SegmentAnchor, VerifiedAnchor};
 use auditledger_ledger::keys::Keyring;
 use auditledger_ledger::merkle::leaf_hash;
 use auditledger_ledger::note::{SignerKey, VerifierKey};
@@ -92,8 +93,9 @@ pub struct Census {
 }
 
 /// Checks every promise of the archive for every log of the ledger: each segment record names
-/// exactly one object (and its manifest) in its tier, which matches its BLAKE3, verifies
-/// against the segment root and its signed manifest; no other object exists in either store;
+/// exactly one object (and its manifest and anchor) in its tier, which matches its BLAKE3,
+/// verifies against the segment root and its signed manifest; every anchor verifies and
+/// chains to the previous segment's; no other object exists in either store;
 /// every leaf reads back through the `TierReader` with the tree's hash (or as expired where the
 /// record says so); hot leaves of released segments are gone; `fsck` is clean.
 pub async fn check_archive(ledger: &Ledger, stores: &TierStores, reader: &TierReader) -> Census {
@@ -101,6 +103,7 @@ pub async fn check_archive(ledger: &Ledger, stores: &TierStores, reader: &TierRe
     let mut expected: [BTreeSet<String>; 2] = Default::default();
     for log in ledger.logs() {
         let records = log.segments().unwrap();
+        let mut previous: Option<VerifiedAnchor> = None;
         for record in &records {
             let (store, slot) = match record.tier {
                 Tier::Warm => (&stores.warm, 0),
@@ -141,6 +144,26 @@ pub async fn check_archive(ledger: &Ledger, stores: &TierStores, reader: &TierRe
             assert_eq!(verified.expired_leaves, opened.manifest.expired_leaves);
             assert!(expected[slot].insert(record.object.clone()));
             assert!(expected[slot].insert(manifest_path.to_string()));
+            let key = log.key();
+            let anchor_path =
+                anchor_object_path(&key.tenant_id, &key.environment, record.start, record.end())
+                    .unwrap();
+            let anchor = store
+                .get(&anchor_path)
+                .await
+                .unwrap_or_else(|e| panic!("anchor of {}: {e}", record.object));
+            let anchor = SegmentAnchor::parse(&anchor)
+                .and_then(|a| a.verify(&verifiers()))
+                .unwrap_or_else(|e| panic!("{anchor_path}: {e}"));
+            assert_eq!(anchor.anchor.segment_root, record.root, "{anchor_path}");
+            match &previous {
+                Some(p) if p.anchor.end == record.start => anchor
+                    .verify_chain(p)
+                    .unwrap_or_else(|e| panic!("{anchor_path}: {e}")),
+                _ => assert_eq!(anchor.anchor.previous_size, 0, "{anchor_path}"),
+            }
+            previous = Some(anchor);
+            assert!(expected[slot].insert(anchor_path.to_string()));
             let mut hot_leaves = 0;
             log.scan_leaves(record.start, record.end(), &mut |_, _| {
                 hot_leaves += 1;
