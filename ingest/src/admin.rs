@@ -1,16 +1,19 @@
 //! `auditledger.v1.Admin`: legal holds, tier status, signing keys (list, rotate, revoke). Holds
 //! are placed and released by admins of the tenant, keys are changed by admins of `_system`;
-//! every change goes to the system log before it takes effect. Witness cosignatures are issue
-//! #6 and answer UNIMPLEMENTED until then.
+//! every change goes to the system log before it takes effect. Witness cosignatures
+//! (`AddCosignature`) are accepted from the witnesses of `[witnesses] keys` by admins of the
+//! log's tenant, on checkpoints this ledger signed (`docs/witnesses.md`).
 
 use auditledger_ledger::{Clock as _, SystemClock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use auditledger_ledger::checkpoint::Checkpoint;
 use auditledger_ledger::event::SYSTEM_TENANT;
 use auditledger_ledger::event::{Decision, EventKind};
 use auditledger_ledger::holds::LegalHold;
 use auditledger_ledger::keys::{KeyEntry, KeyError, KeyStatus, Keyring, unix_now};
+use auditledger_ledger::note::Note;
 use auditledger_ledger::segments::{SegmentRecord, Tier};
 use auditledger_ledger::{LedgerError, Log};
 use auditledger_proto::v1 as pb;
@@ -257,13 +260,130 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::ListKeysResponse { keys }))
     }
 
+    /// Stores witness cosignatures (C2SP tlog-cosignature) on one of this log's checkpoints:
+    /// the note's body must be byte-identical to the checkpoint we signed at its tree size,
+    /// and every line that is not one of our own signatures must be a valid `cosignature/v1`
+    /// by a witness of `[witnesses] keys`. Recorded in the system log before it is stored.
     async fn add_cosignature(
         &self,
-        _: Request<pb::AddCosignatureRequest>,
+        request: Request<pb::AddCosignatureRequest>,
     ) -> Result<Response<pb::SignedCheckpoint>, Status> {
-        Err(Status::unimplemented(
-            "Admin.AddCosignature is not implemented yet (issue #6)",
-        ))
+        const METHOD: &str = "Admin.AddCosignature";
+        let s = &self.0;
+        let req = request.get_ref();
+        let p = s.authenticate(&request, METHOD, &req.environment)?;
+        s.authorize(&p, METHOD, HOLD_WRITERS, &req.tenant_id, &req.environment)?;
+        let note = Note::parse(req.cosigned_note.as_bytes())
+            .map_err(|e| Status::invalid_argument(format!("cosigned_note: {e}")))?;
+        let body = Checkpoint::parse_body(note.text())
+            .map_err(|e| Status::invalid_argument(format!("cosigned_note body: {e}")))?;
+        let log = s.log(&req.tenant_id, &req.environment)?;
+        if body.origin != log.origin() {
+            return Err(Status::invalid_argument(format!(
+                "cosigned_note is a checkpoint of {:?}, not of this log {:?}",
+                body.origin,
+                log.origin()
+            )));
+        }
+        let size = body.tree_size;
+        let stored = log.checkpoint_at(size).map_err(|e| match e {
+            LedgerError::NotFound(_) => Status::not_found(format!(
+                "{}: this ledger signed no checkpoint at tree size {size}",
+                log.origin()
+            )),
+            other => status::from_ledger(other),
+        })?;
+        let stored_note = Note::parse(stored.note.as_bytes()).map_err(|e| {
+            Status::data_loss(format!("stored checkpoint at tree size {size}: {e}"))
+        })?;
+        if stored_note.text() != note.text() {
+            return Err(Status::failed_precondition(format!(
+                "{}: the cosigned body differs from the checkpoint this ledger signed at tree size {size} (witnesses must cosign the note exactly as served)",
+                log.origin()
+            )));
+        }
+        let witnesses = s
+            .config
+            .witnesses
+            .parsed()
+            .map_err(|e| Status::internal(format!("witnesses.keys: {e}")))?;
+        let own_keys = s
+            .ledger
+            .keyring()
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .all_verifiers();
+        let mut cosignatures = Vec::new();
+        for sig in note.signatures() {
+            // Our own signature lines are already stored with the checkpoint.
+            if stored_note.signatures().contains(sig)
+                || own_keys
+                    .iter()
+                    .any(|k| k.name() == sig.name && k.key_id() == sig.key_id)
+            {
+                continue;
+            }
+            let Some(witness) = witnesses.iter().find(|w| w.matches(sig)) else {
+                let reason = format!(
+                    "signature line by {}+{:08x} is not from a configured witness ([witnesses] keys)",
+                    sig.name, sig.key_id
+                );
+                s.deny(
+                    &p.name,
+                    METHOD,
+                    &req.environment,
+                    &format!("{}/{}", req.tenant_id, req.environment),
+                    &reason,
+                );
+                return Err(Status::permission_denied(reason));
+            };
+            let cosignature = witness
+                .verify(note.text(), sig)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            cosignatures.push(cosignature);
+        }
+        if cosignatures.is_empty() {
+            return Err(Status::invalid_argument(
+                "cosigned_note carries no witness cosignature (only this ledger's own signatures)",
+            ));
+        }
+        let named: Vec<String> = cosignatures
+            .iter()
+            .map(|c| format!("{}+{:08x}@{}", c.name, c.key_id, c.timestamp))
+            .collect();
+        let mut attributes = BTreeMap::new();
+        attributes.insert("tree_size".into(), size.to_string());
+        attributes.insert("witnesses".into(), named.join(","));
+        attributes.insert(
+            "checkpoint_body_blake3".into(),
+            hex::encode(body.body_hash()),
+        );
+        s.syslog
+            .record(&SystemRecord {
+                kind: EventKind::Integrity,
+                environment: req.environment.clone(),
+                principal: p.name.clone(),
+                method: METHOD.to_owned(),
+                decision: Decision::Allow,
+                reason: format!(
+                    "witness cosignature added to checkpoint {size}: {}",
+                    named.join(", ")
+                ),
+                target: format!("{}/{}", req.tenant_id, req.environment),
+                justification: String::new(),
+                attributes,
+            })
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot record the cosignature in the system log ({e}); nothing was stored"
+                ))
+            })?;
+        log.store_cosignatures(size, &cosignatures)
+            .map_err(status::from_ledger)?;
+        tracing::info!(principal = %p.name, origin = %log.origin(), tree_size = size, witnesses = %named.join(","), "witness cosignature stored");
+        let note = log.cosigned_note(&stored).map_err(status::from_ledger)?;
+        Ok(Response::new(pb::SignedCheckpoint { note }))
     }
 
     async fn place_legal_hold(
