@@ -109,13 +109,18 @@ fn segments_move_hot_warm_cold_and_read_the_same() {
     assert_eq!(
         names(&cold_dir),
         [
+            "0-256.anchor",
             "0-256.manifest",
             "0-256.parquet",
+            "256-512.anchor",
             "256-512.manifest",
             "256-512.parquet"
         ]
     );
-    assert_eq!(names(&warm_dir), ["512-768.manifest", "512-768.parquet"]);
+    assert_eq!(
+        names(&warm_dir),
+        ["512-768.anchor", "512-768.manifest", "512-768.parquet"]
+    );
 
     let (ok, text) = cli(&["fsck", "--config", &config]);
     assert!(ok, "fsck after archiving: {text}");
