@@ -616,3 +616,201 @@ fn monitor_detects_a_fork() {
     assert!(stderr(&out).contains("ALERT: FORK"), "{}", text(&out));
     assert!(server_b.stop());
 }
+
+/// A CA and certificates it issues (rcgen), as PEM.
+mod pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+
+    pub struct Pki {
+        pub ca_pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl Pki {
+        pub fn new(name: &str) -> Pki {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let cert = params.self_signed(&key).unwrap();
+            Pki {
+                ca_pem: cert.pem(),
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        /// (certificate PEM, key PEM)
+        pub fn issue(&self, cn: &str, sans: &[&str], server: bool) -> (String, String) {
+            let key = KeyPair::generate().unwrap();
+            let mut params =
+                CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    .unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![if server {
+                ExtendedKeyUsagePurpose::ServerAuth
+            } else {
+                ExtendedKeyUsagePurpose::ClientAuth
+            }];
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+}
+
+#[test]
+fn live_checks_over_tls_with_a_client_certificate() {
+    let ca = pki::Pki::new("AuditLedger test CA");
+    let (server_cert, server_key) = ca.issue("localhost", &["localhost", "127.0.0.1"], true);
+    let (client_cert, client_key) = ca.issue("monitor.example.com", &[], false);
+    let stranger = pki::Pki::new("another CA");
+
+    let ledger = Ledger::init("ledger.checkpoint_interval = \"50ms\"");
+    let dir = ledger.tmp.path().to_owned();
+    let file = |name: &str, pem: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    std::fs::write(ledger.dir.join("server.pem"), &server_cert).unwrap();
+    std::fs::write(ledger.dir.join("server.key"), &server_key).unwrap();
+    std::fs::write(ledger.dir.join("ca.pem"), &ca.ca_pem).unwrap();
+    let config = std::fs::read_to_string(ledger.config())
+        .unwrap()
+        .replace("tls_cert = \"\"", "tls_cert = \"server.pem\"")
+        .replace("tls_key = \"\"", "tls_key = \"server.key\"")
+        .replace("tls_client_ca = \"\"", "tls_client_ca = \"ca.pem\"")
+        + "\n[[auth.client_cert]]\ncommon_name = \"monitor.example.com\"\nrole = \"auditor\"\ntenants = [\"acme\"]\nenvironments = [\"prod\"]\n";
+    std::fs::write(ledger.config(), config).unwrap();
+    let gateway = ledger.token("gateway", &[TENANT], &[ENV], None);
+    let keys = key_args(&ledger);
+    let server = Server::start_with(
+        &ledger,
+        &["--listen", "127.0.0.1:0"],
+        &[("AUDITLEDGER_SERVER_METRICS_LISTEN", "")],
+    );
+    assert_eq!(server.scheme, "https");
+
+    // Append over TLS with tonic (gateway token).
+    let rt = rt();
+    let ca_pem = ca.ca_pem.clone();
+    let url = server.url();
+    let note = rt.block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
+            .domain_name("localhost");
+        let channel = tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        pb::ingest_client::IngestClient::new(channel)
+            .append(authed(
+                pb::AppendRequest {
+                    events: (1..4).map(|i| event(TENANT, ENV, i)).collect(),
+                    wait_for_checkpoint: true,
+                },
+                &gateway,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .checkpoint
+            .unwrap()
+            .note
+    });
+    let saved = file("saved.checkpoint", &note);
+    let ca_path = file("ca.pem", &ca.ca_pem);
+    let cert_path = file("client.pem", &client_cert);
+    let key_path = file("client.key", &client_key);
+    let https = ["--server", &server.url(), "--tenant", TENANT, "--env", ENV].map(str::to_owned);
+
+    // The client certificate authenticates the auditor: no token.
+    let tls_args = [
+        "--ca-cert",
+        &ca_path,
+        "--client-cert",
+        &cert_path,
+        "--client-key",
+        &key_path,
+    ]
+    .map(str::to_owned);
+    let out = verify(&args(&[
+        &["checkpoint".into(), saved.clone()],
+        &keys,
+        &https,
+        &tls_args,
+    ]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is the same"),
+        "{}",
+        text(&out)
+    );
+    let state = dir.join("tls.state");
+    let out = verify(&args(&[
+        &[
+            "monitor".into(),
+            "--iterations".into(),
+            "1".into(),
+            "--state".into(),
+            state.to_str().unwrap().to_owned(),
+        ],
+        &keys,
+        &https,
+        &tls_args,
+    ]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(state_size(&state), 3);
+
+    // TLS but no certificate and no token: the server refuses the call.
+    let out = verify(&args(&[
+        &["checkpoint".into()],
+        &keys,
+        &https,
+        &["--ca-cert".into(), ca_path.clone()],
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("server refused GetCheckpoint: UNAUTHENTICATED"),
+        "{}",
+        text(&out)
+    );
+    // A CA that did not issue the server's certificate: the handshake fails, clearly.
+    let other_ca = file("other-ca.pem", &stranger.ca_pem);
+    let out = verify(&args(&[
+        &["checkpoint".into()],
+        &keys,
+        &https,
+        &["--ca-cert".into(), other_ca],
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("TLS handshake"), "{}", text(&out));
+    // Plain HTTP/2 to a TLS port does not hang: it fails within the timeout.
+    let plain = server.url().replace("https://", "http://");
+    let out = verify(&args(&[
+        &["checkpoint".into()],
+        &keys,
+        &[
+            "--server",
+            &plain,
+            "--tenant",
+            TENANT,
+            "--env",
+            ENV,
+            "--timeout",
+            "5s",
+        ]
+        .map(str::to_owned),
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(server.stop());
+}

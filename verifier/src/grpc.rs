@@ -510,7 +510,7 @@ impl GrpcClient {
         let transport = |e: hyper::Error| GrpcError::Transport {
             method: method.to_owned(),
             addr: endpoint.authority.clone(),
-            reason: e.to_string(),
+            reason: error_chain(&e),
         };
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             *sender = Some(Self::connect(endpoint).await?);
@@ -600,13 +600,30 @@ where
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        .map_err(|e| format!("HTTP/2 handshake: {}", error_chain(&e)))?;
     // The connection task ends when the client is dropped or the server goes away; its error
     // surfaces through the next call on `sender`.
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(sender)
+}
+
+/// `e` and its sources, `: `-separated (hyper's own message alone is often just "http2 error").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    // Bounded: error chains are short, but a cyclic one must not hang the client.
+    for _ in 0..8 {
+        let Some(s) = source else { break };
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// The non-OK status in `headers`, `None` if OK or absent.

@@ -172,7 +172,6 @@ impl LogTarget {
                     environment: self.environment.clone(),
                     first,
                     second,
-                    ..Default::default()
                 },
             )
             .await?;
