@@ -806,8 +806,10 @@ impl pb::log_server::Log for LogService {
         let p = s.authenticate(&request, METHOD, &req.environment)?;
         s.authorize(&p, METHOD, READ_ROLES, &req.tenant_id, &req.environment)?;
         let log = s.log(&req.tenant_id, &req.environment)?;
-        let cp = Self::checkpoint_for(&log, 0)?;
-        Ok(Response::new(checkpoint_to_pb(&cp)))
+        let cp = Self::checkpoint_for(&log, req.tree_size)?;
+        // With every witness cosignature stored for it (Admin.AddCosignature).
+        let note = log.cosigned_note(&cp).map_err(status::from_ledger)?;
+        Ok(Response::new(pb::SignedCheckpoint { note }))
     }
 
     async fn get_inclusion_proof(
@@ -900,7 +902,15 @@ impl pb::log_server::Log for LogService {
             tree_size: size,
             hashes: hashes_to_pb(&hashes),
             leaf,
-            checkpoint: Some(checkpoint_to_pb(&cp)),
+            checkpoint: Some(if s.config.witnesses.keys.is_empty() {
+                checkpoint_to_pb(&cp)
+            } else {
+                // Witnesses are configured: the proof's checkpoint carries their cosignatures
+                // (one short scan; skipped otherwise to keep proofs at full speed).
+                pb::SignedCheckpoint {
+                    note: log.cosigned_note(&cp).map_err(status::from_ledger)?,
+                }
+            }),
             leaf_hash: leaf_hash.to_vec(),
             content_expired,
             tier: tier as i32,
