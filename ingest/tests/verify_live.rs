@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use auditledger_proto::v1 as pb;
 use base64::Engine as _;
@@ -137,6 +137,38 @@ fn state_size(path: &Path) -> u64 {
     let size = v["tree_size"].as_u64().unwrap();
     assert_eq!(size, size_of(v["checkpoint"].as_str().unwrap()));
     size
+}
+
+/// A running `auditledger-verify monitor`; killed on drop if still running.
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    /// SIGTERM, then wait (bounded) for it to exit; returns its output.
+    fn terminate(&mut self) -> Output {
+        let mut child = self.0.take().unwrap();
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..200 {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("the monitor ignored SIGTERM: {}", text(&out));
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -410,13 +442,41 @@ fn monitor_follows_a_growing_log_and_catches_a_rollback() {
         "{}",
         text(&out)
     );
+
+    // Without --iterations the monitor keeps following the log until SIGTERM.
+    let child = Command::new(verifier())
+        .args(args(&[
+            &["monitor".into(), "--state".into(), state_arg.clone()],
+            &keys,
+            &server_args(&server, &auditor),
+            &["--interval".into(), "20ms".into()],
+        ]))
+        .env_remove("AUDITLEDGER_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(Some(child));
+    append(&rt, &server, &gateway, seq..seq + 3);
+    seq += 3;
+    common::wait_until("the running monitor pins the grown log", || {
+        state_size(&state) == seq - 1
+    });
+    let out = running.terminate();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stopping on signal"),
+        "{}",
+        text(&out)
+    );
     assert!(server.stop());
 
     // Keep a copy of the data directory at this size, then grow the log further.
     let hot = ledger.dir.join("hot");
     let saved = dir.join("hot-copy");
     copy_dir(&hot, &saved);
-    let pinned_before = *sizes.last().unwrap();
+    let pinned_before = state_size(&state);
+    assert_eq!(pinned_before, seq - 1);
     let server = Server::start(&ledger);
     append(&rt, &server, &gateway, seq..seq + 4);
     let out = monitor(&server, "1");
