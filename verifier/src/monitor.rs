@@ -209,13 +209,12 @@ async fn poll(
 ) -> Result<String, LiveError> {
     let (note, latest) = target.latest_checkpoint(&options.keys).await?;
     let Some(current) = pinned.as_ref() else {
+        // Trust on first use; the caller writes the state file whenever the pin changes.
         let line = format!("PINNED (first use): {}", summary(&latest));
-        let new = Pinned {
+        *pinned = Some(Pinned {
             note,
             verified: latest,
-        };
-        // A state write failure is reported by the caller through `save`.
-        *pinned = Some(new);
+        });
         return Ok(line);
     };
     match target.check_extends(&current.verified, &latest).await? {
