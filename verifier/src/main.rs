@@ -29,7 +29,7 @@ enum Command {
         #[arg(required_unless_present = "server")]
         file: Option<PathBuf>,
         /// Trusted verifier key `name+hexid+base64`; repeat for several (any one suffices).
-        #[arg(long = "key", required = true)]
+        #[arg(long = "key", required_unless_present = "keyring")]
         keys: Vec<String>,
         /// Required origin line.
         #[arg(long)]
@@ -39,17 +39,21 @@ enum Command {
         previous: Option<PathBuf>,
         #[command(flatten)]
         live: ServerArgs,
+        #[command(flatten)]
+        trust: trust_cli::TrustArgs,
     },
     /// Verify an inclusion proof saved as JSON (the protobuf JSON of `InclusionProof`, e.g.
     /// grpcurl's output of `Log/GetInclusionProof`): the signed checkpoint it carries, then
     /// the path from the leaf (or, for expired contents, its leaf hash) to the root.
     Inclusion {
         file: PathBuf,
-        #[arg(long = "key", required = true)]
+        #[arg(long = "key", required_unless_present = "keyring")]
         keys: Vec<String>,
         /// With --server: also check that the server's latest checkpoint extends the proof's.
         #[command(flatten)]
         live: ServerArgs,
+        #[command(flatten)]
+        trust: trust_cli::TrustArgs,
     },
     /// Verify that NEW's log is an append-only extension of OLD's: both signed checkpoints
     /// and a consistency proof (protobuf JSON of `ConsistencyProof`).
@@ -59,10 +63,12 @@ enum Command {
         /// The proof file; with --server the proof is fetched instead.
         #[arg(long, required_unless_present = "server")]
         proof: Option<PathBuf>,
-        #[arg(long = "key", required = true)]
+        #[arg(long = "key", required_unless_present = "keyring")]
         keys: Vec<String>,
         #[command(flatten)]
         live: ServerArgs,
+        #[command(flatten)]
+        trust: trust_cli::TrustArgs,
     },
     /// Follow a log's checkpoints on a server: verify each, prove it extends the pinned one
     /// (kept in --state), alert on a fork or rollback (exit 2; other errors exit 1).
@@ -72,6 +78,7 @@ enum Command {
 }
 
 mod export_cli;
+mod trust_cli;
 
 fn parse_keys(keys: &[String]) -> anyhow::Result<Vec<VerifierKey>> {
     keys.iter()
@@ -96,8 +103,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             origin,
             previous,
             live,
+            trust,
         } => {
-            let keys = parse_keys(&keys)?;
+            let trust = trust.load()?;
+            let given = parse_keys(&keys)?;
+            let keys = trust.verifier_keys(&given);
             let note = match &file {
                 Some(file) => read(file)?,
                 None => live.fetch_latest(&keys)?,
@@ -111,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 origin.as_deref(),
                 prev.as_deref(),
             )?;
+            trust.check("checkpoint", &note, &given)?;
             println!(
                 "OK: checkpoint of {} at tree size {} root {} signed by {}",
                 v.checkpoint.origin,
@@ -126,8 +137,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 live.check_server_extends(&note, &keys)?;
             }
         }
-        Command::Inclusion { file, keys, live } => {
-            let keys = parse_keys(&keys)?;
+        Command::Inclusion {
+            file,
+            keys,
+            live,
+            trust,
+        } => {
+            let trust = trust.load()?;
+            let given = parse_keys(&keys)?;
+            let keys = trust.verifier_keys(&given);
             let p = InclusionProofFile::parse(&read_text(&file)?)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let (v, what) = if p.leaf.is_empty() {
@@ -163,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (v, "leaf contents")
             };
             let checkpoint_note = p.checkpoint_note.clone();
+            trust.check("proof checkpoint", checkpoint_note.as_bytes(), &given)?;
             if p.tree_size != 0 && p.tree_size != v.checkpoint.tree_size {
                 anyhow::bail!(
                     "the proof says tree size {} but its checkpoint is of size {}",
@@ -189,11 +208,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             proof,
             keys,
             live,
+            trust,
         } => {
-            let keys = parse_keys(&keys)?;
+            let trust = trust.load()?;
+            let given = parse_keys(&keys)?;
+            let keys = trust.verifier_keys(&given);
             let (old_note, new_note) = (read(&old)?, read(&new)?);
             let a = auditledger_verifier::verify_checkpoint(&old_note, &keys, None, None)?;
             let b = auditledger_verifier::verify_checkpoint(&new_note, &keys, None, None)?;
+            trust.check("OLD", &old_note, &given)?;
+            trust.check("NEW", &new_note, &given)?;
             let p = match proof {
                 Some(proof) => ConsistencyProofFile::parse(&read_text(&proof)?)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", proof.display()))?,
