@@ -88,6 +88,19 @@ pub fn keys_generate(config: &Config, name: Option<&str>) -> anyhow::Result<Stri
     Ok(entry.verifier.to_string())
 }
 
+/// `auditledger keys export`: the public keyring (every key with its validity window, no
+/// private key references) that verifiers take with `auditledger-verify --keyring`. Written
+/// atomically to `out`, or returned for stdout.
+pub fn keys_export(config: &Config, out: Option<&Path>) -> anyhow::Result<String> {
+    let ring = open::load_keyring(config)?;
+    let text = auditledger_ledger::keys::PublicKeyring::from_keyring(&ring).to_toml();
+    if let Some(out) = out {
+        write_atomic(out, text.as_bytes(), false)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(text)
+}
+
 /// `auditledger fsck`: returns the report lines and whether everything verified.
 pub fn fsck(config: &Config) -> anyhow::Result<(Vec<String>, bool)> {
     let ring = open::load_keyring(config)?;

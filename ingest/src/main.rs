@@ -164,6 +164,15 @@ enum KeysCommand {
         #[arg(long, env = "AUDITLEDGER_CONFIG")]
         config: PathBuf,
     },
+    /// Write the public keyring (every key's verifier key and validity window, no secrets) for
+    /// `auditledger-verify --keyring`: to --out, or to stdout.
+    Export {
+        #[arg(long, env = "AUDITLEDGER_CONFIG")]
+        config: PathBuf,
+        /// File to write (atomically); default stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Add a new signing key, active from now alongside the existing ones; print its verifier key.
     Generate {
         #[arg(long, env = "AUDITLEDGER_CONFIG")]
@@ -199,6 +208,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             KeysCommand::List { config } => {
                 for k in commands::keys_list(&load(&config)?)? {
                     println!("{k}");
+                }
+            }
+            KeysCommand::Export { config, out } => {
+                let text = commands::keys_export(&load(&config)?, out.as_deref())?;
+                match &out {
+                    Some(out) => eprintln!("wrote the public keyring to {}", out.display()),
+                    None => print!("{text}"),
                 }
             }
             KeysCommand::Generate { config, name } => {
