@@ -17,7 +17,7 @@ use auditledger_ledger::segments::Tier;
 use auditledger_ledger::store::memory::MemoryStore;
 use auditledger_ledger::{Clock, SystemClock};
 
-use common::tiers::{Census, append, check_archive, open_ledger};
+use common::tiers::{Census, append, check_archive, open_ledger, verifiers};
 
 const BUCKET: &str = "auditledger-cold";
 
@@ -112,7 +112,11 @@ impl S3Server {
     }
 
     fn store(&self, prefix: &str) -> SegmentStore {
-        let options = StoreOptions {
+        SegmentStore::open(&format!("s3://{BUCKET}/{prefix}"), &self.options()).unwrap()
+    }
+
+    fn options(&self) -> StoreOptions {
+        StoreOptions {
             s3: S3Options {
                 endpoint: Some(self.endpoint()),
                 region: Some("us-east-1".into()),
@@ -122,8 +126,7 @@ impl S3Server {
                 ..S3Options::default()
             },
             ..StoreOptions::default()
-        };
-        SegmentStore::open(&format!("s3://{BUCKET}/{prefix}"), &options).unwrap()
+        }
     }
 }
 
@@ -183,6 +186,32 @@ async fn hot_to_warm_on_file_to_cold_on_s3() {
             cold: 3,
             expired: 3
         }
+    );
+
+    // The offline verifier checks the cold tier on S3: manifests, rows, anchors, chain.
+    let options = auditledger_verifier::archive::ArchiveOptions {
+        keys: verifiers(),
+        store: server.options(),
+        ..Default::default()
+    };
+    let url = format!("s3://{BUCKET}/cold");
+    let verified = tokio::task::spawn_blocking(move || {
+        auditledger_verifier::archive::verify_archive(&url, &options)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(verified.is_ok(), "{:?}", verified.failures);
+    assert_eq!(verified.logs.len(), 1);
+    let log = &verified.logs[0];
+    assert_eq!(
+        (log.segments, log.leaves, log.expired_leaves),
+        (3, 768, 768)
+    );
+    assert!(
+        log.highest_checkpoint
+            .as_ref()
+            .is_some_and(|(size, _)| *size >= 768)
     );
     ledger.close().unwrap();
     drop(server);

@@ -3,6 +3,7 @@
 //! inclusion/consistency proofs, exports and archives. Builds without RocksDB or tonic
 //! (DESIGN §2): it reuses the ledger's pure core only.
 
+pub mod archive;
 pub mod export;
 pub mod grpc;
 pub mod live;

@@ -75,6 +75,9 @@ enum Command {
     Monitor(MonitorArgs),
     /// Verify a retention export tar completely (DESIGN §7); exit 0 only if it verifies.
     Export(export_cli::ExportArgs),
+    /// Verify every segment of a warm or cold tier (directory, file:// or s3:// URL): its
+    /// signed manifest, object, rows and root, and its anchor into the checkpoint chain.
+    Archive(auditledger_verifier::archive::ArchiveArgs),
 }
 
 mod export_cli;
@@ -240,6 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Monitor(args) => args.run()?,
         Command::Export(args) => args.run()?,
+        Command::Archive(args) => args.run()?,
     }
     Ok(())
 }
