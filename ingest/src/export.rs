@@ -305,10 +305,14 @@ fn write_export(
         justification: justification.to_owned(),
         exported_at,
     };
+    // The checkpoint as the log serves it: with the witness cosignatures stored so far.
+    let checkpoint_note = log
+        .cosigned_note(&plan.checkpoint)
+        .map_err(status::from_ledger)?;
     let mut writer = ExportWriter::new(
         sink,
         description,
-        &plan.checkpoint.note,
+        &checkpoint_note,
         &proof,
         plan.start,
         plan.end,

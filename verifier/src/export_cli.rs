@@ -14,8 +14,11 @@ pub struct ExportArgs {
     /// The export tar.
     file: PathBuf,
     /// Trusted verifier key `name+hexid+base64`; repeat for several (any one suffices).
-    #[arg(long = "key", required = true)]
+    #[arg(long = "key", required_unless_present = "keyring")]
     keys: Vec<String>,
+    /// Witness and keyring requirements on the export's checkpoint.
+    #[command(flatten)]
+    trust: crate::trust_cli::TrustArgs,
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -23,7 +26,9 @@ pub struct ExportArgs {
 
 impl ExportArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        let keys = crate::parse_keys(&self.keys)?;
+        let given = crate::parse_keys(&self.keys)?;
+        let trust = self.trust.load()?;
+        let keys = trust.verifier_keys(&given);
         let file = std::fs::File::open(&self.file)
             .with_context(|| format!("opening {}", self.file.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -50,6 +55,11 @@ impl ExportArgs {
         )
         .with_context(|| format!("{} does not verify", self.file.display()))?;
         bar.finish_and_clear();
+        trust.check(
+            "export checkpoint",
+            report.checkpoint.note.to_note_string().as_bytes(),
+            &given,
+        )?;
         let m = &report.manifest;
         let names = |keys: &[auditledger_ledger::note::VerifierKey]| {
             keys.iter()

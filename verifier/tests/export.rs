@@ -10,6 +10,7 @@ use std::process::Command;
 
 use auditledger_archiver::export::{ExportDescription, ExportWriter};
 use auditledger_ledger::checkpoint::Checkpoint;
+use auditledger_ledger::cosignature::WitnessSigner;
 use auditledger_ledger::event::{AuditEvent, EventKind, encode_event, encode_leaf};
 use auditledger_ledger::merkle::{self, Hash, MemoryTree};
 use auditledger_ledger::note::{SignerKey, VerifierKey};
@@ -44,6 +45,18 @@ struct Export {
 }
 
 fn export(size: u64, start: u64, end: u64, per_file: u64, expired: &[u64]) -> Export {
+    export_cosigned(size, start, end, per_file, expired, None)
+}
+
+/// Like [`export`], with the checkpoint cosigned by `witness`.
+fn export_cosigned(
+    size: u64,
+    start: u64,
+    end: u64,
+    per_file: u64,
+    expired: &[u64],
+    witness: Option<&WitnessSigner>,
+) -> Export {
     let leaves: Vec<Vec<u8>> = (0..size).map(leaf).collect();
     let mut tree = MemoryTree::new();
     for l in &leaves {
@@ -58,7 +71,10 @@ fn export(size: u64, start: u64, end: u64, per_file: u64, expired: &[u64]) -> Ex
         prev: None,
         other_extensions: Vec::new(),
     };
-    let note = checkpoint.sign(std::slice::from_ref(&signer)).unwrap();
+    let mut note = checkpoint.sign(std::slice::from_ref(&signer)).unwrap();
+    if let Some(w) = witness {
+        note = w.cosign_note(&note, 1_795_000_050).unwrap();
+    }
     let proof = merkle::range_proof(&tree, start, end, size).unwrap();
     let description = ExportDescription {
         origin: ORIGIN.into(),
@@ -144,6 +160,10 @@ impl Drop for TempFile {
 
 /// Runs `auditledger-verify export` on `tar`; (exit 0, stdout + stderr).
 fn cli(tar: &[u8], key: &VerifierKey) -> (bool, String) {
+    cli_with(tar, key, &[])
+}
+
+fn cli_with(tar: &[u8], key: &VerifierKey, extra: &[&str]) -> (bool, String) {
     let file = TempFile::new("cli", tar);
     let out = Command::new(env!("CARGO_BIN_EXE_auditledger-verify"))
         .args([
@@ -152,6 +172,7 @@ fn cli(tar: &[u8], key: &VerifierKey) -> (bool, String) {
             "--key",
             &key.to_string(),
         ])
+        .args(extra)
         .output()
         .unwrap();
     (
@@ -446,4 +467,24 @@ fn untrusted_keys_are_refused() {
         !ok && text.contains("checkpoint") && text.contains("trusted"),
         "{text}"
     );
+}
+
+#[test]
+fn witnesses_are_required_on_the_export_checkpoint() {
+    let w1 = WitnessSigner::generate("witness-one.example").unwrap();
+    let w2 = WitnessSigner::generate("witness-two.example").unwrap();
+    let (k1, k2) = (w1.witness_key().to_string(), w2.witness_key().to_string());
+    let cosigned = export_cosigned(500, 10, 490, 200, &[], Some(&w1));
+    let (ok, text) = cli_with(&cosigned.tar, &cosigned.key, &["--witness", &k1]);
+    assert!(ok && text.contains("1 of 1 witness(es) cosigned"), "{text}");
+    let (ok, text) = cli_with(
+        &cosigned.tar,
+        &cosigned.key,
+        &["--witness", &k1, "--witness", &k2, "--min-witnesses", "2"],
+    );
+    assert!(!ok && text.contains("witness"), "{text}");
+    // Without cosignatures, a required witness fails the export.
+    let plain = export(500, 10, 490, 200, &[]);
+    let (ok, text) = cli_with(&plain.tar, &plain.key, &["--witness", &k1]);
+    assert!(!ok && text.contains("witness"), "{text}");
 }
