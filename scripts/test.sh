@@ -12,6 +12,8 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the verifier's dependencies: no rocksdb, no tonic (DESIGN §2)" >&2
+deps="$(cargo tree --locked -e normal -p auditledger-verifier)"; if grep -E 'rocksdb|tonic' <<<"$deps"; then echo "auditledger-verifier must not depend on rocksdb or tonic (DESIGN §2)" >&2; exit 1; fi
 echo "== cargo test" >&2
 cargo test --workspace --all-targets --locked
 echo "== doc tests" >&2
