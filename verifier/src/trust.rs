@@ -409,7 +409,14 @@ mod tests {
             "{err}"
         );
         // Even if the old key is also given as --key: the keyring's window wins.
-        assert!(check_keyring(late.as_bytes(), &public, &[old.verifier.clone()]).is_err());
+        assert!(
+            check_keyring(
+                late.as_bytes(),
+                &public,
+                std::slice::from_ref(&old.verifier)
+            )
+            .is_err()
+        );
 
         // Before the old key's valid_from.
         let early = body(50).sign(std::slice::from_ref(&old_signer)).unwrap();
