@@ -881,6 +881,9 @@ impl Archiver {
                 back
             }
         };
+        // Before the manifest, so a segment with a manifest has its anchor. A crash between
+        // the two is redone from the start by the next run; a record without an anchor (a
+        // lost object, an older version) is repaired by `ensure_anchor` on every pass.
         self.write_anchor(seg, warm, root).await?;
         self.crash_point("warm.write_anchor");
         let summary = SegmentSummary {
