@@ -353,8 +353,11 @@ fn dropped_duplicated_reordered_or_extra_members_are_detected() {
     assert!(err.contains("tar") || err.contains("missing"), "{err}");
 }
 
+/// One row of an entries file: leaf index, leaf hash, leaf bytes (`None` = expired).
+type Row = (u64, Hash, Option<Vec<u8>>);
+
 /// Rewrites one entries file's rows with `edit` (all columns kept), as a forger would.
-fn rewrite_rows(parquet: &[u8], edit: impl Fn(&mut Vec<(u64, Hash, Option<Vec<u8>>)>)) -> Vec<u8> {
+fn rewrite_rows(parquet: &[u8], edit: impl Fn(&mut Vec<Row>)) -> Vec<u8> {
     use arrow::array::{BinaryArray, FixedSizeBinaryArray, UInt64Array};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(parquet))
@@ -413,16 +416,15 @@ fn rewrite_rows(parquet: &[u8], edit: impl Fn(&mut Vec<(u64, Hash, Option<Vec<u8
 fn forged_rows_are_named_by_leaf() {
     let e = export(1000, 37, 901, 300, &[]);
     let original = members(&e.tar);
-    let check =
-        |what: &str, edit: &dyn Fn(&mut Vec<(u64, Hash, Option<Vec<u8>>)>), needle: &str| {
-            let mut t = original.clone();
-            t[3].1 = rewrite_rows(&t[3].1, edit);
-            let (ok, text) = cli(&tar_of(&t), &e.key);
-            assert!(
-                !ok && text.contains(needle),
-                "{what}: {needle:?} not in {text}"
-            );
-        };
+    let check = |what: &str, edit: &dyn Fn(&mut Vec<Row>), needle: &str| {
+        let mut t = original.clone();
+        t[3].1 = rewrite_rows(&t[3].1, edit);
+        let (ok, text) = cli(&tar_of(&t), &e.key);
+        assert!(
+            !ok && text.contains(needle),
+            "{what}: {needle:?} not in {text}"
+        );
+    };
     // The rewrite itself is faithful: an unedited rewrite fails only on the member hash.
     check("no edit", &|_| {}, "entries-000001.parquet\" has BLAKE3");
     check(
