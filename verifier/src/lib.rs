@@ -9,10 +9,10 @@ pub mod grpc;
 pub mod live;
 pub mod monitor;
 pub mod proof_json;
-
 pub mod trust;
 
 pub use trust::{check_keyring, verify_cosignatures};
+
 use auditledger_ledger::checkpoint::{self, CheckpointError, VerifiedCheckpoint};
 use auditledger_ledger::merkle::{self, Hash};
 use auditledger_ledger::note::VerifierKey;
