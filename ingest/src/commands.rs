@@ -483,3 +483,98 @@ pub fn parse_time_nanos(text: &str) -> anyhow::Result<u64> {
         .as_nanos();
     u64::try_from(nanos).context("beyond the year 2554")
 }
+
+/// An Admin client with the bearer token on every call.
+async fn admin_client(
+    target: &str,
+    token: &str,
+) -> anyhow::Result<(
+    auditledger_proto::v1::admin_client::AdminClient<tonic::transport::Channel>,
+    tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+)> {
+    let client = auditledger_proto::v1::admin_client::AdminClient::connect(target.to_owned())
+        .await
+        .with_context(|| format!("connecting to {target}"))?;
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .context("token is not a valid header value")?;
+    Ok((client, bearer))
+}
+
+fn with_token<T>(
+    message: T,
+    bearer: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    request
+}
+
+fn refused(method: &str) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
+    move |s| anyhow::anyhow!("{method} refused: {:?}: {}", s.code(), s.message())
+}
+
+/// `Admin.RotateSigningKey` on a running server; the new key.
+pub async fn keys_rotate(
+    target: &str,
+    token: &str,
+    request: auditledger_proto::v1::RotateSigningKeyRequest,
+) -> anyhow::Result<auditledger_proto::v1::KeyInfo> {
+    let (mut client, bearer) = admin_client(target, token).await?;
+    Ok(client
+        .rotate_signing_key(with_token(request, &bearer))
+        .await
+        .map_err(refused("RotateSigningKey"))?
+        .into_inner())
+}
+
+/// `Admin.RevokeKey` on a running server; the revoked key.
+pub async fn keys_revoke(
+    target: &str,
+    token: &str,
+    request: auditledger_proto::v1::RevokeKeyRequest,
+) -> anyhow::Result<auditledger_proto::v1::KeyInfo> {
+    let (mut client, bearer) = admin_client(target, token).await?;
+    Ok(client
+        .revoke_key(with_token(request, &bearer))
+        .await
+        .map_err(refused("RevokeKey"))?
+        .into_inner())
+}
+
+/// `Admin.ListKeys` on a running server.
+pub async fn keys_status(
+    target: &str,
+    token: &str,
+) -> anyhow::Result<Vec<auditledger_proto::v1::KeyInfo>> {
+    let (mut client, bearer) = admin_client(target, token).await?;
+    Ok(client
+        .list_keys(with_token(
+            auditledger_proto::v1::ListKeysRequest {},
+            &bearer,
+        ))
+        .await
+        .map_err(refused("ListKeys"))?
+        .into_inner()
+        .keys)
+}
+
+/// One line per key: `<verifier key> <signing|not signing> valid_from=… [valid_until=…]
+/// [revoked_at=…]` (unix seconds).
+pub fn key_info_line(key: &auditledger_proto::v1::KeyInfo) -> String {
+    let mut line = format!(
+        "{} {} valid_from={}",
+        key.verifier_key,
+        if key.active { "signing" } else { "not-signing" },
+        key.valid_from
+    );
+    if key.valid_until != 0 {
+        line.push_str(&format!(" valid_until={}", key.valid_until));
+    }
+    if key.revoked_at != 0 {
+        line.push_str(&format!(" revoked_at={}", key.revoked_at));
+    }
+    line
+}

@@ -181,6 +181,60 @@ enum KeysCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Rotate the signing key of a running server (Admin.RotateSigningKey; an admin token of
+    /// tenant `_system`): a new key signs from now on, the previous ones keep signing for
+    /// --overlap; recorded in the system log. Prints the new key.
+    Rotate {
+        #[command(flatten)]
+        server: AdminTarget,
+        /// Name of the new key (default: the current key name).
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the previous keys keep signing next to the new one (e.g. 7d; 0s = until
+        /// revoked).
+        #[arg(long, default_value = "7d")]
+        overlap: String,
+        /// Why; recorded in the system log.
+        #[arg(long)]
+        justification: String,
+    },
+    /// Revoke a key on a running server (Admin.RevokeKey): it stops signing at once; recorded in
+    /// the system log.
+    Revoke {
+        #[command(flatten)]
+        server: AdminTarget,
+        /// Key ID, 8 hex digits (see `keys status`).
+        #[arg(long)]
+        key_id: String,
+        /// Why; recorded in the system log and the keyring.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Every key of a running server's keyring with its validity and whether it signs now
+    /// (Admin.ListKeys).
+    Status {
+        #[command(flatten)]
+        server: AdminTarget,
+    },
+}
+
+/// Where a key command reaches the server.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Admin bearer token (of tenant `_system` for rotation and revocation).
+    #[arg(long, env = "AUDITLEDGER_TOKEN")]
+    token: String,
+}
+
+/// Runs a client command's future on a small runtime.
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
 }
 
 fn load(config: &std::path::Path) -> anyhow::Result<Config> {
@@ -222,6 +276,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{}",
                     commands::keys_generate(&load(&config)?, name.as_deref())?
                 );
+            }
+            KeysCommand::Rotate {
+                server,
+                name,
+                overlap,
+                justification,
+            } => {
+                let overlap = humantime::parse_duration(&overlap)
+                    .with_context(|| format!("--overlap {overlap:?}"))?;
+                let request = auditledger_proto::v1::RotateSigningKeyRequest {
+                    key_name: name.unwrap_or_default(),
+                    overlap_seconds: overlap.as_secs(),
+                    justification,
+                };
+                let key = block_on(commands::keys_rotate(
+                    &server.target,
+                    &server.token,
+                    request,
+                ))?;
+                println!("{}", commands::key_info_line(&key));
+            }
+            KeysCommand::Revoke {
+                server,
+                key_id,
+                reason,
+            } => {
+                let request = auditledger_proto::v1::RevokeKeyRequest { key_id, reason };
+                let key = block_on(commands::keys_revoke(
+                    &server.target,
+                    &server.token,
+                    request,
+                ))?;
+                println!("{}", commands::key_info_line(&key));
+            }
+            KeysCommand::Status { server } => {
+                for key in block_on(commands::keys_status(&server.target, &server.token))? {
+                    println!("{}", commands::key_info_line(&key));
+                }
             }
         },
         Command::Fsck { config } => {
@@ -277,10 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tenant,
             env,
         } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            for line in runtime.block_on(commands::append_demo(&target, &token, &tenant, &env))? {
+            for line in block_on(commands::append_demo(&target, &token, &tenant, &env))? {
                 println!("{line}");
             }
         }
@@ -305,10 +394,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if start.is_none() && from_time == 0 && to_time == 0 {
                 anyhow::bail!("give a leaf range (--start, --end) or a time window (--from, --to)");
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let bytes = runtime.block_on(commands::export(&commands::ExportCommand {
+            let bytes = block_on(commands::export(&commands::ExportCommand {
                 target: &target,
                 token: &token,
                 tenant: &tenant,

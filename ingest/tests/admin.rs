@@ -366,3 +366,72 @@ fn rt_block_on<F: std::future::Future>(f: F) -> F::Output {
         .unwrap()
         .block_on(f)
 }
+
+/// `auditledger keys status|rotate|revoke` drive the Admin key RPCs of a running server.
+#[test]
+fn keys_cli_rotates_and_revokes_on_a_running_server() {
+    let ledger = Ledger::init("");
+    let sys_admin = ledger.token("admin", &["_system"], &["prod"], None);
+    let tenant_admin = ledger.token("admin", &["acme"], &["prod"], None);
+    let server = Server::start(&ledger);
+    let url = server.url();
+    let keys = |token: &str, args: &[&str]| {
+        let mut all = vec!["keys"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--target", &url]);
+        let out = common::run(&all, &[("AUDITLEDGER_TOKEN", token)]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, status, err) = keys(&sys_admin, &["status"]);
+    assert!(ok, "{err}");
+    let old = ledger.keys()[0].to_string();
+    assert_eq!(status.lines().count(), 1, "{status}");
+    assert!(
+        status.starts_with(&format!("{old} signing valid_from=")),
+        "{status}"
+    );
+
+    let (ok, _, err) = keys(&tenant_admin, &["rotate", "--justification", "mine"]);
+    assert!(!ok && err.contains("PermissionDenied"), "{err}");
+    let (ok, new, err) = keys(
+        &sys_admin,
+        &[
+            "rotate",
+            "--overlap",
+            "1d",
+            "--justification",
+            "annual rotation",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        new.contains(" signing valid_from=") && !new.starts_with(&old),
+        "{new}"
+    );
+    let (_, status, _) = keys(&sys_admin, &["status"]);
+    assert_eq!(status.matches(" signing ").count(), 2, "{status}");
+    assert!(
+        status.contains("valid_until="),
+        "the old key's overlap ends: {status}"
+    );
+
+    let old_id = format!("{:08x}", ledger.keys()[0].key_id());
+    let (ok, revoked, err) = keys(
+        &sys_admin,
+        &["revoke", "--key-id", &old_id, "--reason", "retired"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        revoked.starts_with(&old)
+            && revoked.contains("not-signing")
+            && revoked.contains("revoked_at="),
+        "{revoked}"
+    );
+    let (_, status, _) = keys(&sys_admin, &["status"]);
+    assert_eq!(status.matches(" signing ").count(), 1, "{status}");
+    assert!(server.stop());
+}
