@@ -328,13 +328,7 @@ impl pb::admin_server::Admin for AdminService {
                     "signature line by {}+{:08x} is not from a configured witness ([witnesses] keys)",
                     sig.name, sig.key_id
                 );
-                s.deny(
-                    &p.name,
-                    METHOD,
-                    &req.environment,
-                    &format!("{}/{}", req.tenant_id, req.environment),
-                    &reason,
-                );
+                s.deny_on_log(&p.name, METHOD, &req.tenant_id, &req.environment, &reason);
                 return Err(Status::permission_denied(reason));
             };
             let cosignature = witness

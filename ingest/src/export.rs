@@ -58,13 +58,7 @@ impl pb::compliance_server::Compliance for ComplianceService {
             let reason = format!(
                 "{METHOD}: a justification is required (it is written into the signed manifest)"
             );
-            s.deny(
-                &p.name,
-                METHOD,
-                &req.environment,
-                &format!("{}/{}", req.tenant_id, req.environment),
-                &reason,
-            );
+            s.deny_on_log(&p.name, METHOD, &req.tenant_id, &req.environment, &reason);
             return Err(Status::invalid_argument(reason));
         }
         let log = s.log(&req.tenant_id, &req.environment)?;

@@ -98,6 +98,24 @@ impl AppState {
         });
     }
 
+    /// Records a denial that concerns the log of `tenant`/`environment`.
+    pub(crate) fn deny_on_log(
+        &self,
+        principal: &str,
+        method: &str,
+        tenant: &str,
+        environment: &str,
+        reason: &str,
+    ) {
+        self.deny(
+            principal,
+            method,
+            environment,
+            &format!("{tenant}/{environment}"),
+            reason,
+        );
+    }
+
     /// Checks the role and the tenant/environment coverage; a failure is recorded.
     pub(crate) fn authorize(
         &self,
@@ -143,13 +161,7 @@ impl AppState {
                 p.role.as_str()
             );
             self.metrics.reject(tenant, "justification");
-            self.deny(
-                &p.name,
-                method,
-                environment,
-                &format!("{tenant}/{environment}"),
-                &reason,
-            );
+            self.deny_on_log(&p.name, method, tenant, environment, &reason);
             return Err(Status::invalid_argument(reason));
         }
         Ok(())

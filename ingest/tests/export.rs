@@ -10,30 +10,7 @@ use std::process::Command;
 
 use auditledger_ledger::event::decode_leaf_strict;
 use auditledger_proto::v1 as pb;
-use common::{Ledger, Server, authed, event};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn output(out: std::process::Output) -> (bool, String) {
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn cli(args: &[&str]) -> (bool, String) {
-    output(common::run(args, &[]))
-}
+use common::{Ledger, Server, authed, cli, event, output, rt};
 
 fn verify(file: &Path, keys: &[String]) -> (bool, String) {
     let mut cmd = Command::new(Path::new(common::bin()).with_file_name("auditledger-verify"));

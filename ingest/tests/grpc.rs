@@ -8,16 +8,8 @@ use std::time::Duration;
 
 use auditledger_ledger::event::decode_leaf_strict;
 use auditledger_proto::v1 as pb;
-use common::{Ledger, Server, authed, event, metrics_text, wait_until};
+use common::{Ledger, Server, authed, event, metrics_text, rt, wait_until};
 use tonic::Code;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn append_prove_read_restart() {

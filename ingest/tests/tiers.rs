@@ -9,25 +9,7 @@ use std::collections::BTreeMap;
 
 use auditledger_ledger::event::decode_leaf_strict;
 use auditledger_proto::v1 as pb;
-use common::{Ledger, Server, authed, event};
-
-fn cli(args: &[&str]) -> (bool, String) {
-    let out = common::run(args, &[]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use common::{Ledger, Server, authed, cli, event, rt};
 
 /// Appends `n` events with gateway_seq from `first_seq`, returns them.
 fn append(server: &Server, token: &str, first_seq: u64, n: u64) -> Vec<pb::AuditEvent> {

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 
 use auditledger_proto::v1 as pb;
 use base64::Engine as _;
-use common::{Ledger, Server, authed, event};
+use common::{Ledger, Server, authed, event, rt};
 
 const TENANT: &str = "acme";
 const ENV: &str = "prod";
@@ -39,14 +39,6 @@ fn text(out: &Output) -> String {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// `--key` arguments for every verifier key of the ledger.

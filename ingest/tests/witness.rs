@@ -16,7 +16,7 @@ use auditledger_ledger::note::{Note, SignerKey};
 use auditledger_proto::v1 as pb;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{Ledger, Server, authed, event};
+use common::{Ledger, Server, authed, event, rt};
 use tonic::Code;
 
 fn verify_bin() -> PathBuf {
@@ -36,14 +36,6 @@ fn verify(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 async fn append_and_checkpoint(server: &Server, gateway: &str, seq: u64) -> String {

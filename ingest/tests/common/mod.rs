@@ -28,6 +28,32 @@ pub fn run(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     cmd.output().expect("run auditledger")
 }
 
+/// (exit 0, stdout + stderr) of a finished process.
+pub fn output(out: std::process::Output) -> (bool, String) {
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Runs `auditledger ARGS`; (exit 0, stdout + stderr).
+pub fn cli(args: &[&str]) -> (bool, String) {
+    output(run(args, &[]))
+}
+
+/// A small multi-threaded runtime for a test's gRPC clients.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// A ledger directory with `init` done.
 pub struct Ledger {
     pub tmp: tempfile::TempDir,
