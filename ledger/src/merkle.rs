@@ -284,8 +284,14 @@ pub fn root_from_inclusion_proof(
             expected,
         });
     }
-    let (mut fn_, mut sn) = (leaf_index, tree_size - 1);
-    let mut r = *leaf_hash;
+    Ok(fold_audit_path(leaf_hash, leaf_index, tree_size - 1, proof))
+}
+
+/// RFC 9162 §2.1.3.2 fold of an audit path: starts from `hash` at position `index` of a level
+/// whose last position is `last`, and climbs with each proof hash.
+fn fold_audit_path(hash: &Hash, index: u64, last: u64, proof: &[Hash]) -> Hash {
+    let (mut fn_, mut sn) = (index, last);
+    let mut r = *hash;
     for p in proof {
         if fn_ & 1 == 1 || fn_ == sn {
             r = node_hash(p, &r);
@@ -299,7 +305,7 @@ pub fn root_from_inclusion_proof(
         fn_ >>= 1;
         sn >>= 1;
     }
-    Ok(r)
+    r
 }
 
 /// Verifies an inclusion proof against `root`.
@@ -372,22 +378,12 @@ pub fn root_from_subtree_inclusion_proof(
     }
     // Inside a perfect subtree every step of the leaf's path is "left child, not last": after
     // `level` steps the indexes are exactly these.
-    let (mut fn_, mut sn) = (node.index, (tree_size - 1) >> node.level);
-    let mut r = *subtree_root;
-    for p in proof {
-        if fn_ & 1 == 1 || fn_ == sn {
-            r = node_hash(p, &r);
-            while fn_ & 1 == 0 && fn_ != 0 {
-                fn_ >>= 1;
-                sn >>= 1;
-            }
-        } else {
-            r = node_hash(&r, p);
-        }
-        fn_ >>= 1;
-        sn >>= 1;
-    }
-    Ok(r)
+    Ok(fold_audit_path(
+        subtree_root,
+        node.index,
+        (tree_size - 1) >> node.level,
+        proof,
+    ))
 }
 
 /// Verifies that the perfect subtree `node` with root `subtree_root` is part of the tree of
