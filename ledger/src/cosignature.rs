@@ -93,39 +93,16 @@ impl WitnessKey {
             key: text.to_owned(),
             reason: reason.to_owned(),
         };
-        let mut parts = text.trim().splitn(3, '+');
-        let (Some(name), Some(hexid), Some(b64)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("expected name+hexid+base64(0x04||pubkey)"));
-        };
-        if !note::is_valid_key_name(name) {
-            return Err(bad("invalid witness name"));
-        }
-        if hexid.len() != 8 || !hexid.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("key id must be 8 hex digits"));
-        }
-        let claimed = u32::from_str_radix(hexid, 16).map_err(|_| bad("bad key id"))?;
-        let raw = BASE64
-            .decode(b64)
-            .map_err(|e| bad(&format!("bad base64: {e}")))?;
-        let Some((&alg, public)) = raw.split_first() else {
-            return Err(bad("empty key"));
-        };
-        if alg != ALG_COSIGNATURE_V1 && alg != note::ALG_ED25519 {
-            return Err(bad(&format!(
-                "unsupported signature type {alg:#04x} (want 0x04, Ed25519 cosignature/v1)"
-            )));
-        }
-        let public: [u8; 32] = public
-            .try_into()
-            .map_err(|_| bad("Ed25519 public key must be 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(&public).map_err(|_| bad("not an Ed25519 point"))?;
-        let computed = note::key_id(name, alg, &public);
-        if computed != claimed {
-            return Err(bad(&format!(
-                "key id {claimed:08x} does not match the key (expected {computed:08x})"
-            )));
-        }
+        let (name, key, _alg) = note::parse_key_string(text, |alg| {
+            (alg == ALG_COSIGNATURE_V1 || alg == note::ALG_ED25519)
+                .then_some(())
+                .ok_or_else(|| {
+                    format!(
+                        "unsupported signature type {alg:#04x} (want 0x04, Ed25519 cosignature/v1)"
+                    )
+                })
+        })
+        .map_err(|reason| bad(&reason))?;
         Self::new(name, key)
     }
 

@@ -91,40 +91,13 @@ impl VerifierKey {
             key: text.to_owned(),
             reason: reason.to_owned(),
         };
-        let text_trimmed = text.trim();
-        let mut parts = text_trimmed.splitn(3, '+');
-        let (Some(name), Some(hexid), Some(b64)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("expected name+hexid+base64"));
-        };
-        if !is_valid_key_name(name) {
-            return Err(bad("invalid key name"));
-        }
-        if hexid.len() != 8 || !hexid.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("key id must be 8 hex digits"));
-        }
-        let claimed = u32::from_str_radix(hexid, 16).map_err(|_| bad("bad key id"))?;
-        let raw = BASE64
-            .decode(b64)
-            .map_err(|e| bad(&format!("bad base64: {e}")))?;
-        let Some((&alg, public)) = raw.split_first() else {
-            return Err(bad("empty key"));
-        };
-        if alg != ALG_ED25519 {
-            return Err(bad(&format!(
-                "unsupported algorithm byte {alg:#04x} (want 0x01, Ed25519)"
-            )));
-        }
-        let public: [u8; 32] = public
-            .try_into()
-            .map_err(|_| bad("Ed25519 public key must be 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(&public).map_err(|_| bad("not an Ed25519 point"))?;
-        let computed = key_id(name, ALG_ED25519, &public);
-        if computed != claimed {
-            return Err(bad(&format!(
-                "key id {claimed:08x} does not match the key (expected {computed:08x})"
-            )));
-        }
+        let (name, key, alg) = parse_key_string(text, |alg| {
+            (alg == ALG_ED25519).then_some(()).ok_or_else(|| {
+                format!("unsupported algorithm byte {alg:#04x} (want 0x01, Ed25519)")
+            })
+        })
+        .map_err(|reason| bad(&reason))?;
+        let computed = key_id(name, alg, key.as_bytes());
         Ok(VerifierKey {
             name: name.to_owned(),
             key_id: computed,
@@ -295,6 +268,42 @@ impl NoteSignature {
         raw.extend_from_slice(&self.signature);
         format!("— {} {}\n", self.name, BASE64.encode(raw))
     }
+}
+
+/// Parses a `name+hexid+base64(alg||public key)` verifier-key string (signed-note keys and
+/// witness keys share the syntax): the name, the Ed25519 key and its algorithm byte, after
+/// checking that the claimed key ID is the key's. `allow_alg` accepts or names a bad byte.
+pub(crate) fn parse_key_string(
+    text: &str,
+    allow_alg: impl Fn(u8) -> Result<(), String>,
+) -> Result<(&str, VerifyingKey, u8), String> {
+    let mut parts = text.trim().splitn(3, '+');
+    let (Some(name), Some(hexid), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("expected name+hexid+base64".into());
+    };
+    if !is_valid_key_name(name) {
+        return Err("invalid key name".into());
+    }
+    if hexid.len() != 8 || !hexid.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("key id must be 8 hex digits".into());
+    }
+    let claimed = u32::from_str_radix(hexid, 16).map_err(|_| "bad key id".to_owned())?;
+    let raw = BASE64.decode(b64).map_err(|e| format!("bad base64: {e}"))?;
+    let Some((&alg, public)) = raw.split_first() else {
+        return Err("empty key".into());
+    };
+    allow_alg(alg)?;
+    let public: [u8; 32] = public
+        .try_into()
+        .map_err(|_| "Ed25519 public key must be 32 bytes".to_owned())?;
+    let key = VerifyingKey::from_bytes(&public).map_err(|_| "not an Ed25519 point".to_owned())?;
+    let computed = key_id(name, alg, &public);
+    if computed != claimed {
+        return Err(format!(
+            "key id {claimed:08x} does not match the key (expected {computed:08x})"
+        ));
+    }
+    Ok((name, key, alg))
 }
 
 /// A syntactically valid note; signatures not yet checked.
