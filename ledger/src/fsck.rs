@@ -245,6 +245,10 @@ fn check_log(
             return Ok(report);
         }
     }
+    if let Err(problem) = check_event_id_targets(store, log_id, state.tree_size)? {
+        report.problem = Some(problem);
+        return Ok(report);
+    }
     if let Err(problem) =
         check_checkpoints(store, log_id, record, &state, edge, verifiers, &mut report)?
     {
@@ -254,6 +258,60 @@ fn check_log(
 }
 
 type Check = Result<Result<(), String>, StoreError>;
+
+/// Every event-id index entry points to a distinct leaf below the tree size; with as many
+/// entries as leaves (checked before) every leaf then has exactly one. Hot leaves are looked up
+/// by their event ids, but a leaf released to a warm or cold tier has no hot event id to look
+/// up: without this, a damaged entry of an archived leaf would go unnoticed and a re-sent
+/// event's duplicate receipt would name another leaf. (An entry's key — the event id itself —
+/// of an archived leaf can only be checked against the archive.) One bit per leaf of memory.
+fn check_event_id_targets(store: &dyn Store, log_id: LogId, tree_size: u64) -> Check {
+    let mut seen = vec![0u64; tree_size.div_ceil(64) as usize];
+    let mut bad: Option<String> = None;
+    let (start, end) = layout::log_range(log_id);
+    store.scan(
+        Space::EventIds,
+        &start,
+        end.as_ref().map(|e| &e[..]),
+        Direction::Forward,
+        &mut |k, v| {
+            let entry = hex::encode(k.get(4..).unwrap_or_default());
+            match layout::decode_u64(v) {
+                Some(leaf) if leaf < tree_size => {
+                    let (word, bit) = ((leaf / 64) as usize, leaf % 64);
+                    if seen[word] & (1 << bit) != 0 {
+                        bad.get_or_insert_with(|| {
+                            format!("leaf {leaf} has a second one (event id {entry})")
+                        });
+                    }
+                    seen[word] |= 1 << bit;
+                }
+                Some(leaf) => {
+                    bad.get_or_insert_with(|| {
+                        format!(
+                            "the entry of event id {entry} points to leaf {leaf}, beyond the tree size {tree_size}"
+                        )
+                    });
+                }
+                None => {
+                    bad.get_or_insert_with(|| {
+                        format!("the entry of event id {entry} is malformed ({} bytes)", v.len())
+                    });
+                }
+            }
+            true
+        },
+    )?;
+    let Some(bad) = bad else {
+        return Ok(Ok(()));
+    };
+    // The entries number the leaves: one that is wrong leaves some leaf without one.
+    let orphan = (0..tree_size).find(|&leaf| seen[(leaf / 64) as usize] & (1 << (leaf % 64)) == 0);
+    Ok(Err(match orphan {
+        Some(leaf) => format!("leaf {leaf}: no event id index entry points to it; {bad}"),
+        None => format!("event id index: {bad}"),
+    }))
+}
 
 /// Leaves checked per batch of index lookups.
 const CHUNK: u64 = 4096;

@@ -435,6 +435,34 @@ fn archived_segments_release_hot_leaves_and_keep_proofs(store: Arc<dyn Store>) {
     let problems = fsck_problems(&store);
     assert!(problems.is_empty(), "{problems:?}");
 
+    // fsck: a released leaf's event-id entry pointing to another leaf, or beyond the tree. Its
+    // event id is not hot, so only the shape of the index (one entry per leaf) can tell.
+    let id = auditledger_ledger::event::EventId::parse(&events[300].event_id).unwrap();
+    let key = layout::event_id_key(0, &id.0);
+    let original = store.get(Space::EventIds, &key).unwrap().unwrap();
+    for (target, needle) in [
+        (
+            301u64,
+            "leaf 300: no event id index entry points to it; leaf 301 has a second one",
+        ),
+        (
+            size + 5,
+            "leaf 300: no event id index entry points to it; the entry of event id",
+        ),
+    ] {
+        put(
+            store.as_ref(),
+            Space::EventIds,
+            &key,
+            target.to_be_bytes().to_vec(),
+        );
+        let problems = fsck_problems(&store);
+        assert!(problems.iter().any(|p| p.contains(needle)), "{problems:?}");
+    }
+    put(store.as_ref(), Space::EventIds, &key, original);
+    let problems = fsck_problems(&store);
+    assert!(problems.is_empty(), "{problems:?}");
+
     // fsck: a leaf left behind in a released range, and a record whose root is wrong.
     let key = layout::leaf_key(0, 300);
     put(store.as_ref(), Space::Leaves, &key, b"stray".to_vec());
