@@ -851,7 +851,7 @@ fn sigkill_of_the_server_under_load_loses_nothing_acknowledged() {
         "ledger.segment_bits = 8\n\
          ledger.checkpoint_interval = \"50ms\"\n\
          tiers.hot_window = \"0s\"\n\
-         tiers.warm_window = \"1s\"\n\
+         tiers.warm_window = \"3s\"\n\
          tiers.archive_interval = \"150ms\"\n\
          server.shutdown_grace = \"3s\"",
     );
