@@ -233,25 +233,6 @@ fn flip_value(store: &RocksStore, space: Space, key: &[u8], at: impl FnOnce(&[u8
     store.write(batch, true).unwrap();
 }
 
-/// The first key of `space` in log `id` at or after `from`.
-fn first_key(store: &RocksStore, space: Space, id: u32, from: &[u8]) -> Vec<u8> {
-    let (_, end) = layout::log_range(id);
-    let mut found = None;
-    store
-        .scan(
-            space,
-            from,
-            end.as_ref().map(|e| &e[..]),
-            Direction::Forward,
-            &mut |k, _| {
-                found = Some(k.to_vec());
-                false
-            },
-        )
-        .unwrap();
-    found.unwrap_or_else(|| panic!("no {} key in log {id}", space.name()))
-}
-
 /// The newest checkpoint key of log `id`.
 fn last_checkpoint_key(store: &RocksStore, id: u32) -> Vec<u8> {
     let (start, end) = layout::log_range(id);
@@ -297,8 +278,14 @@ struct Case {
     /// Where the bit is flipped, for the record.
     place: &'static str,
     tamper: Box<dyn Fn(&Path)>,
-    /// Detector name, the detector, and a text its failure message must contain.
-    detectors: Vec<(&'static str, Box<dyn Fn(&Path) -> Outcome>, String)>,
+    detectors: Vec<Detector>,
+}
+
+/// A check that must fail on the tampered copy with a message containing `needle`.
+struct Detector {
+    name: &'static str,
+    run: Box<dyn Fn(&Path) -> Outcome>,
+    needle: String,
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -327,21 +314,23 @@ fn one_flipped_bit_anywhere_is_detected_and_named() {
     let (ok, text) = verify_export(&built.export, &keys);
     assert!(ok, "verify export on the pristine export: {text}");
 
-    let fsck_d = |needle: &str| -> (&'static str, Box<dyn Fn(&Path) -> Outcome>, String) {
-        ("auditledger fsck", Box::new(fsck), needle.to_owned())
+    let fsck_d = |needle: &str| Detector {
+        name: "auditledger fsck",
+        run: Box::new(fsck),
+        needle: needle.to_owned(),
     };
     let archive_d = |tier: &'static str, needle: &str| {
         let keys = keys.clone();
-        let d: Box<dyn Fn(&Path) -> Outcome> =
-            Box::new(move |dir: &Path| verify_archive(&dir.join(tier), &keys));
-        ("auditledger-verify archive", d, needle.to_owned())
+        Detector {
+            name: "auditledger-verify archive",
+            run: Box::new(move |dir: &Path| verify_archive(&dir.join(tier), &keys)),
+            needle: needle.to_owned(),
+        }
     };
-    let mover_d = |needle: &str| -> (&'static str, Box<dyn Fn(&Path) -> Outcome>, String) {
-        (
-            "auditledger archive --tier cold (read-back)",
-            Box::new(archive_cold),
-            needle.to_owned(),
-        )
+    let mover_d = |needle: &str| Detector {
+        name: "auditledger archive --tier cold (read-back)",
+        run: Box::new(archive_cold),
+        needle: needle.to_owned(),
     };
     let leaf = |index: u64, locate: fn(&[u8]) -> usize| -> Box<dyn Fn(&Path)> {
         Box::new(move |dir: &Path| {
@@ -465,14 +454,19 @@ fn one_flipped_bit_anywhere_is_detected_and_named() {
         },
         Case {
             name: "leaf-hash index value",
-            place: "leaf_hashes[acme/prod, first entry]: low byte of its leaf index",
+            place: "leaf_hashes[acme/prod, hash of leaf 950]: low byte of the leaf index",
             tamper: Box::new(|dir: &Path| {
                 with_store(dir, |s, id| {
-                    let key = first_key(s, Space::LeafHashes, id, &layout::log_range(id).0);
+                    let leaf = s
+                        .get(Space::Leaves, &layout::leaf_key(id, 950))
+                        .unwrap()
+                        .unwrap();
+                    let hash = auditledger_ledger::merkle::leaf_hash(&leaf);
+                    let key = layout::leaf_hash_key(id, &hash);
                     flip_value(s, Space::LeafHashes, &key, |v| v.len() - 1)
                 })
             }),
-            detectors: vec![fsck_d("leaf hash index")],
+            detectors: vec![fsck_d("leaf 950: leaf hash index points to")],
         },
         Case {
             name: "segment record value",
@@ -516,14 +510,14 @@ fn one_flipped_bit_anywhere_is_detected_and_named() {
                 let (_, offset, size) = first_entries_member(&path);
                 flip_file_byte(&path, (offset + size / 2) as usize);
             }),
-            detectors: vec![(
-                "auditledger-verify export",
-                {
+            detectors: vec![Detector {
+                name: "auditledger-verify export",
+                run: {
                     let keys = keys.clone();
                     Box::new(move |dir: &Path| verify_export(&dir.join("export.tar"), &keys))
                 },
-                first_entries_member(&built.export).0,
-            )],
+                needle: first_entries_member(&built.export).0,
+            }],
         },
     ];
 
@@ -533,7 +527,12 @@ fn one_flipped_bit_anywhere_is_detected_and_named() {
         let dir = scratch.path().join(format!("case-{n}"));
         copy_dir(pristine, &dir);
         (case.tamper)(&dir);
-        for (detector, run, needle) in &case.detectors {
+        for Detector {
+            name: detector,
+            run,
+            needle,
+        } in &case.detectors
+        {
             let (ok, text) = run(&dir);
             let verdict = if ok {
                 misses.push(format!("{}: {detector} passed:\n{text}", case.name));
