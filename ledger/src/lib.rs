@@ -20,6 +20,7 @@ mod ledger;
 pub mod merkle;
 pub mod metrics;
 pub mod note;
+pub mod query;
 pub mod segments;
 mod sequencer;
 pub mod store;
