@@ -3,9 +3,9 @@
 //! `Append` gateway that sometimes waits for a checkpoint, and a checkpoint poller) records
 //! every receipt and every checkpoint the server returns; the server is SIGKILLed at a random
 //! moment and restarted on the same directory, round after round. The archiver runs inside the
-//! server (256-leaf segments, hot window 0 s, warm window 3 s, a pass every 150 ms), so kills land in
-//! the middle of hot → warm and warm → cold moves. Every fifth round also kills a server
-//! while it is still starting (recovering the store).
+//! server (256-leaf segments, hot window 0 s, warm window 3 s, a pass every 150 ms), so kills
+//! land in the middle of hot → warm and warm → cold moves. Every fifth round also kills a
+//! server while it is still starting (recovering the store).
 //!
 //! After each restart, for every log:
 //! - every acknowledged event is read back with `GetEntries` at its acknowledged index, with
