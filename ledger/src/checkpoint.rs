@@ -117,6 +117,15 @@ impl Checkpoint {
                 if checkpoint.time.is_some() {
                     return Err(CheckpointError::DuplicateExtension("time"));
                 }
+                // One text per checkpoint: `body()` writes `time`, `prev`, then the others,
+                // and `body_hash` (the next checkpoint's `prev`) hashes that text.
+                if checkpoint.prev.is_some() || !checkpoint.other_extensions.is_empty() {
+                    return Err(CheckpointError::BadExtension {
+                        name: "time",
+                        value: value.to_owned(),
+                        reason: "must come before `prev` and any other extension line",
+                    });
+                }
                 let canonical = value == "0"
                     || (!value.starts_with('0') && value.bytes().all(|b| b.is_ascii_digit()));
                 checkpoint.time =
@@ -130,6 +139,13 @@ impl Checkpoint {
             } else if let Some(value) = line.strip_prefix("prev ") {
                 if checkpoint.prev.is_some() {
                     return Err(CheckpointError::DuplicateExtension("prev"));
+                }
+                if !checkpoint.other_extensions.is_empty() {
+                    return Err(CheckpointError::BadExtension {
+                        name: "prev",
+                        value: value.to_owned(),
+                        reason: "must come before any other extension line",
+                    });
                 }
                 checkpoint.prev =
                     Some(
@@ -244,6 +260,26 @@ mod tests {
             let err = Checkpoint::parse_body(&body).unwrap_err().to_string();
             assert!(err.contains(needle), "{body:?}: {err}");
         }
+    }
+
+    #[test]
+    fn extensions_only_in_canonical_order() {
+        // Found by fuzz/fuzz_targets/signed_note.rs: out-of-order `time`/`prev` lines parsed,
+        // but `body()` reorders them, so `body_hash` was not the hash of the signed text.
+        let root = BASE64.encode([3u8; 32]);
+        let prev = BASE64.encode([4u8; 32]);
+        for body in [
+            format!("o\n12\n{root}\nprev {prev}\ntime 5\n"),
+            format!("o\n12\n{root}\nopez/time 1\ntime 5\n"),
+            format!("o\n12\n{root}\nx\nprev {prev}\n"),
+        ] {
+            let err = Checkpoint::parse_body(&body).unwrap_err().to_string();
+            assert!(err.contains("must come before"), "{body:?}: {err}");
+        }
+        let canonical = format!("o\n12\n{root}\ntime 5\nprev {prev}\nx\n");
+        let parsed = Checkpoint::parse_body(&canonical).unwrap();
+        assert_eq!(parsed.body(), canonical);
+        assert_eq!(parsed.body_hash(), body_hash(&canonical));
     }
 
     #[test]

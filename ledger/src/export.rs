@@ -263,7 +263,19 @@ impl ExportManifest {
                 _ => Err(bad(i, "not a canonical decimal number".into())),
             }
         };
-        let text_value = |i: usize| unescape(values[i].1).map_err(|reason| bad(i, reason));
+        let text_value = |i: usize| {
+            let value = unescape(values[i].1).map_err(|reason| bad(i, reason))?;
+            // One text per manifest: `\t`, `\u{9}` and `\u{09}` unescape alike; only the form
+            // `escape` writes is accepted.
+            let canonical = escape(&value);
+            if canonical != values[i].1 {
+                return Err(bad(
+                    i,
+                    format!("not canonically escaped (write {canonical:?})"),
+                ));
+            }
+            Ok(value)
+        };
         let origin = values[0].1.to_owned();
         if origin.is_empty() || origin.contains(char::is_whitespace) {
             return Err(bad(0, "empty or contains whitespace".into()));
@@ -390,6 +402,27 @@ mod tests {
         assert_eq!(opened.manifest, m);
         let other = SignerKey::generate("auditledger.local").unwrap();
         assert!(open_manifest(note.as_bytes(), &[other.verifier()]).is_err());
+    }
+
+    #[test]
+    fn only_canonical_escapes() {
+        // Found by fuzz/fuzz_targets/export_manifest.rs: `\u{9}` parsed as a tab, so one
+        // manifest had several texts and `body()` did not give back the signed one.
+        let body = sample().body();
+        for (from, to) in [
+            ("with a tab", "with a\\u{9}tab"),
+            ("a bell \\u{7}", "a bell \\u{07}"),
+            ("a bell \\u{7}", "a bell \\u{7"),
+            ("line two", "line\\u{a}two"),
+        ] {
+            let changed = body.replacen(from, to, 1);
+            assert_ne!(changed, body, "{to}");
+            let err = ExportManifest::parse_body(&changed)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("(justification)"), "{to}: {err}");
+        }
+        assert_eq!(ExportManifest::parse_body(&body).unwrap(), sample());
     }
 
     #[test]

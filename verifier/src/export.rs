@@ -78,6 +78,15 @@ pub struct ExportOptions {
     pub threads: usize,
 }
 
+/// Most bytes reserved up front for a member: its size comes from an unauthenticated tar
+/// header, so a 512-byte hostile header must not allocate a gigabyte; the buffer grows as
+/// the member's bytes actually arrive.
+const MAX_PREALLOCATION: u64 = 1 << 20;
+
+fn initial_capacity(header_size: u64) -> usize {
+    header_size.min(MAX_PREALLOCATION) as usize
+}
+
 /// What one entries file proved.
 struct EntriesResult {
     range: CompactRange,
@@ -193,7 +202,7 @@ fn read_members<R: Read>(
                 "{size} bytes, more than the {MAX_MEMBER_BYTES}-byte limit"
             )));
         }
-        let mut data = Vec::with_capacity(size as usize);
+        let mut data = Vec::with_capacity(initial_capacity(size));
         member
             .read_to_end(&mut data)
             .map_err(|e| fail(format!("reading: {e}")))?;
@@ -468,4 +477,28 @@ fn finish(
         manifest: manifest.manifest,
         checkpoint,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_size_from_the_header_bounds_no_allocation() {
+        // Found by fuzz/fuzz_targets/export_tar.rs (corpus: huge-member-header): a header
+        // claiming 1 GB made the verifier reserve 1 GB before reading a byte.
+        assert_eq!(initial_capacity(10), 10);
+        assert_eq!(initial_capacity(MAX_MEMBER_BYTES) as u64, MAX_PREALLOCATION);
+        let mut header = tar::Header::new_ustar();
+        header.set_path(CHECKPOINT_MEMBER).unwrap();
+        header.set_size(1_000_000_000);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend_from_slice(&[0; 1024]);
+        let err = verify_export(tar.as_slice(), &[], &ExportOptions::default(), &|_| {})
+            .unwrap_err()
+            .to_string();
+        // The truncated member reads as its 1024 zero bytes: refused as a checkpoint.
+        assert!(err.starts_with("checkpoint: "), "{err}");
+    }
 }
