@@ -125,6 +125,10 @@ pub struct LimitsSection {
     pub max_batch_bytes: usize,
     /// Most events in one append request.
     pub max_batch_events: usize,
+    /// `Investigate.FindEvents`: events per page when the request gives no limit.
+    pub search_default_limit: u32,
+    /// `Investigate.FindEvents`: most events per page (larger limits are capped to this).
+    pub search_max_limit: u32,
 }
 
 impl Default for LimitsSection {
@@ -133,6 +137,8 @@ impl Default for LimitsSection {
             max_event_bytes: 64 << 10,
             max_batch_bytes: 4 << 20,
             max_batch_events: 10_000,
+            search_default_limit: 100,
+            search_max_limit: 1000,
         }
     }
 }
@@ -357,6 +363,9 @@ keyring = "keys/keyring.toml"
 max_event_bytes = 65536
 max_batch_bytes = 4194304
 max_batch_events = 10000
+# Investigate.FindEvents: events per page by default, and the most a request may ask for.
+search_default_limit = 100
+search_max_limit = 1000
 
 [server]
 # gRPC address. Plaintext is served only on loopback; any other address needs tls_cert and
@@ -534,6 +543,14 @@ impl Config {
         }
         if self.limits.max_batch_events == 0 {
             return Err("limits.max_batch_events must be positive".into());
+        }
+        if self.limits.search_default_limit == 0
+            || self.limits.search_default_limit > self.limits.search_max_limit
+        {
+            return Err(
+                "limits.search_default_limit must be positive and at most limits.search_max_limit"
+                    .into(),
+            );
         }
         if self.server.max_inflight_per_stream == 0 {
             return Err("server.max_inflight_per_stream must be positive".into());

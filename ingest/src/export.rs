@@ -10,7 +10,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use auditledger_archiver::export::{ExportDescription, ExportWriteError, ExportWriter};
-use auditledger_ledger::event::{Decision, EventKind, decode_leaf};
+use auditledger_ledger::event::{Decision, EventKind};
 use auditledger_ledger::merkle::Hash;
 use auditledger_ledger::{Clock as _, Log, SignedCheckpoint, SystemClock};
 use auditledger_proto::v1 as pb;
@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Principal, Role};
+use crate::investigate::first_logged_at_or_after;
 use crate::server::AppState;
 use crate::status;
 use crate::syslog::SystemRecord;
@@ -173,65 +174,6 @@ async fn plan(s: &AppState, log: &Log, req: &pb::ExportRequest) -> Result<Plan, 
         from_time: req.from_time,
         to_time: req.to_time,
     })
-}
-
-/// The first leaf below `size` whose `logged_at` is ≥ `time` (`size` if none). `logged_at` never
-/// decreases along a log (the sequencer stamps `max(now, previous)`), so this is a binary
-/// search; archived segments answer from their recorded time bounds when they can.
-async fn first_logged_at_or_after(
-    s: &AppState,
-    log: &Log,
-    time: u64,
-    size: u64,
-) -> Result<u64, Status> {
-    let (mut lo, mut hi) = (0u64, size);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if logged_at_or_after(s, log, mid, time).await? {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    Ok(lo)
-}
-
-/// Whether leaf `leaf_index` was logged at or after `time`.
-async fn logged_at_or_after(
-    s: &AppState,
-    log: &Log,
-    leaf_index: u64,
-    time: u64,
-) -> Result<bool, Status> {
-    let logged_at = |bytes: &[u8]| -> Result<u64, Status> {
-        decode_leaf(bytes)
-            .map(|r| r.logged_at)
-            .map_err(|e| Status::data_loss(format!("{} leaf {leaf_index}: {e}", log.origin())))
-    };
-    if let Some(bytes) = log.leaf(leaf_index).map_err(status::from_ledger)? {
-        return Ok(logged_at(&bytes)? >= time);
-    }
-    let record = log.segment_of(leaf_index).map_err(status::from_ledger)?;
-    if let Some(r) = &record {
-        if r.oldest >= time {
-            return Ok(true);
-        }
-        if r.newest < time {
-            return Ok(false);
-        }
-    }
-    use auditledger_archiver::LeafContent;
-    match s.archiver.reader().leaf(log, leaf_index).await {
-        Ok(LeafContent::Present { bytes, .. }) => Ok(logged_at(&bytes)? >= time),
-        Ok(LeafContent::Expired { .. }) => Err(Status::failed_precondition(format!(
-            "{} leaf {leaf_index}: the time window's boundary falls among leaves whose content \
-             retention has deleted; export by leaf range instead",
-            log.origin()
-        ))),
-        Err(e) => Err(Status::unavailable(format!(
-            "reading leaf {leaf_index} to locate the time window: {e}"
-        ))),
-    }
 }
 
 /// Records the export in the system log, durably, before any of it is sent.

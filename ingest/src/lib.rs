@@ -6,6 +6,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod export;
+pub mod investigate;
 pub mod logging;
 pub mod metrics;
 pub mod open;

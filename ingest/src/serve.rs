@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use auditledger_proto::v1::admin_server::AdminServer;
 use auditledger_proto::v1::compliance_server::ComplianceServer;
 use auditledger_proto::v1::ingest_server::IngestServer;
+use auditledger_proto::v1::investigate_server::InvestigateServer;
 use auditledger_proto::v1::log_server::LogServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,6 +21,7 @@ use crate::admin::AdminService;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::export::ComplianceService;
+use crate::investigate::InvestigateService;
 use crate::metrics::ServerMetrics;
 use crate::quotas::Quotas;
 use crate::seqtrack::SeqTracker;
@@ -96,11 +98,7 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         tokio::task::spawn_blocking(move || open::open_ledger(&open_config)).await??;
     let ledger = Arc::new(ledger);
     let syslog = SystemLog::start(ledger.clone(), config.auth.default_environment.clone());
-    let archiver = Arc::new(crate::tiering::archiver(
-        &config,
-        ledger.clone(),
-        crate::tiering::syslog_hook(syslog.clone()),
-    )?);
+    let archiver = Arc::new(crate::tiering::archiver(&config, ledger.clone(), &syslog)?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = Arc::new(ServerMetrics::default());
     let state = Arc::new(AppState {
@@ -126,6 +124,9 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
     health_reporter
         .set_serving::<ComplianceServer<ComplianceService>>()
         .await;
+    health_reporter
+        .set_serving::<InvestigateServer<InvestigateService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(auditledger_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -143,6 +144,10 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
     let admin = AdminServer::new(AdminService(state.clone()));
     let compliance =
         ComplianceServer::new(ComplianceService(state.clone())).max_decoding_message_size(1 << 20);
+    // Pages with proofs and 1000 events of up to 64 KiB each can be large.
+    let investigate = InvestigateServer::new(InvestigateService(state.clone()))
+        .max_decoding_message_size(1 << 20)
+        .max_encoding_message_size(128 << 20);
 
     let listener = TcpListener::bind(addr)
         .await
@@ -184,7 +189,6 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
     let archive_task = (!config.tiers.archive_interval.is_zero()).then(|| {
         tokio::spawn(crate::tiering::run_loop(
             archiver.clone(),
-            state.syslog.clone(),
             config.tiers.archive_interval,
             shutdown_rx.clone(),
         ))
@@ -206,7 +210,8 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         .add_service(ingest)
         .add_service(log)
         .add_service(admin)
-        .add_service(compliance);
+        .add_service(compliance)
+        .add_service(investigate);
 
     let mut signal_rx = shutdown_rx.clone();
     let graceful = async move {

@@ -33,16 +33,20 @@ pub enum Space {
     LeafHashes,
     /// `log_id ‖ tree_size` → signed checkpoint note.
     Checkpoints,
+    /// `log_id ‖ field tag ‖ BLAKE3(value)[..8] ‖ leaf_index` → empty: the search indexes
+    /// ([`field_index_key`]), written in the same batch as the leaves.
+    Fields,
 }
 
 impl Space {
-    pub const ALL: [Space; 6] = [
+    pub const ALL: [Space; 7] = [
         Space::Meta,
         Space::Leaves,
         Space::Tiles,
         Space::EventIds,
         Space::LeafHashes,
         Space::Checkpoints,
+        Space::Fields,
     ];
 
     /// Column family name.
@@ -54,6 +58,7 @@ impl Space {
             Space::EventIds => "event_ids",
             Space::LeafHashes => "leaf_hashes",
             Space::Checkpoints => "checkpoints",
+            Space::Fields => "field_index",
         }
     }
 }
@@ -75,6 +80,7 @@ const META_INDEXED_PREFIX: u8 = b'H';
 const META_SEGMENT_PREFIX: u8 = b'G';
 const META_HOLD_PREFIX: u8 = b'J';
 const META_COSIGNATURE_PREFIX: u8 = b'W';
+const META_FIELDS_FROM_PREFIX: u8 = b'F';
 
 /// `'O' ‖ origin bytes` → u32 log_id.
 pub fn meta_origin_key(origin: &str) -> Vec<u8> {
@@ -103,6 +109,14 @@ pub fn meta_state_key(log_id: LogId) -> [u8; 5] {
 /// watermark; written in the same batch as the entries).
 pub fn meta_indexed_key(log_id: LogId) -> [u8; 5] {
     prefixed(META_INDEXED_PREFIX, log_id)
+}
+
+/// `'F' ‖ log_id` → u64: every leaf from this index on has its [`Space::Fields`] entries.
+/// 0 for a log created with the search indexes (written with the log's first leaves); for a
+/// log of an older data directory, the first leaf after its last released segment (the open
+/// indexed its hot leaves; released leaves below it are searched by scanning).
+pub fn meta_fields_from_key(log_id: LogId) -> [u8; 5] {
+    prefixed(META_FIELDS_FROM_PREFIX, log_id)
 }
 
 /// `'G' ‖ log_id ‖ start u64` (13 bytes) → [`crate::segments::SegmentRecord`]: a segment of
@@ -343,6 +357,52 @@ pub fn log_range(log_id: LogId) -> ([u8; 4], Option<[u8; 4]>) {
         log_id.to_be_bytes(),
         log_id.checked_add(1).map(u32::to_be_bytes),
     )
+}
+
+// ---- Search indexes ------------------------------------------------------------------------
+
+/// Bytes of BLAKE3(value) kept in [`field_index_key`]: a collision only adds a candidate, which
+/// the search re-checks against the decoded leaf.
+pub const FIELD_HASH_PREFIX: usize = 8;
+
+/// Length of a [`Space::Fields`] key.
+pub const FIELD_KEY_LEN: usize = 4 + 1 + FIELD_HASH_PREFIX + 8;
+
+/// The first 8 bytes of BLAKE3 over a field value's UTF-8 bytes.
+pub fn field_value_hash(value: &str) -> [u8; FIELD_HASH_PREFIX] {
+    let h = blake3::hash(value.as_bytes());
+    let mut out = [0u8; FIELD_HASH_PREFIX];
+    out.copy_from_slice(&h.as_bytes()[..FIELD_HASH_PREFIX]);
+    out
+}
+
+/// `log_id u32 ‖ tag u8 ‖ BLAKE3(value)[..8] ‖ leaf_index u64` (21 bytes) → empty.
+/// `tag` is [`crate::query::IndexedField::tag`].
+pub fn field_index_key(
+    log_id: LogId,
+    tag: u8,
+    value_hash: &[u8; FIELD_HASH_PREFIX],
+    leaf_index: u64,
+) -> [u8; FIELD_KEY_LEN] {
+    let mut k = [0u8; FIELD_KEY_LEN];
+    k[..4].copy_from_slice(&log_id.to_be_bytes());
+    k[4] = tag;
+    k[5..13].copy_from_slice(value_hash);
+    k[13..].copy_from_slice(&leaf_index.to_be_bytes());
+    k
+}
+
+/// Splits a [`Space::Fields`] key into (log_id, tag, value hash, leaf_index).
+pub fn parse_field_index_key(key: &[u8]) -> Option<(LogId, u8, [u8; FIELD_HASH_PREFIX], u64)> {
+    if key.len() != FIELD_KEY_LEN {
+        return None;
+    }
+    Some((
+        decode_u32(&key[..4])?,
+        key[4],
+        key[5..13].try_into().ok()?,
+        decode_u64(&key[13..])?,
+    ))
 }
 
 // ---- Tiles ---------------------------------------------------------------------------------

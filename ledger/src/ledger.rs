@@ -17,6 +17,7 @@ use crate::keys::Keyring;
 use crate::layout::{self, FORMAT_VERSION, LogId, LogRecord, LogState, Space};
 use crate::merkle::{self, Hash, HashReader, NodeId};
 use crate::metrics::LedgerMetrics;
+use crate::query::{IndexedField, Order};
 use crate::segments::{SegmentRecord, Tier};
 use crate::sequencer::{PreparedEvent, Sequencer, Submission};
 use crate::store::{Direction, Store, WriteBatch};
@@ -501,6 +502,13 @@ impl Ledger {
                 log: LogKey::new(ev.tenant_id.clone(), ev.environment.clone()),
                 event_id,
                 event_bytes: event::encode_event(ev),
+                fields: crate::query::IndexedField::HOT_INDEXED
+                    .into_iter()
+                    .filter_map(|f| {
+                        let v = f.value_in(ev);
+                        (!v.is_empty()).then(|| (f.tag(), layout::field_value_hash(v)))
+                    })
+                    .collect(),
             });
         }
         Ok(prepared)
@@ -814,12 +822,125 @@ fn load_logs(store: &dyn Store) -> Result<(Vec<Arc<LogInfo>>, LogId), LedgerErro
         }
         // After a crash the unsynced tail of the index may be gone: rebuild it now.
         let indexed = crate::indexer::catch_up(store, log_id, watermark, state.tree_size)?;
+        index_fields_of_old_log(store, log_id, &record.origin, state.tree_size)?;
         let info = LogInfo::new(log_id, key, record, latest, edge);
         info.indexed.send_replace(indexed);
         info.durable_size.store(state.tree_size, Ordering::Release);
         logs.push(Arc::new(info));
     }
     Ok((logs, next_log_id))
+}
+
+/// Gives a log of a data directory from before the search indexes its [`Space::Fields`]
+/// entries: every hot leaf above its last released segment is indexed (chunked batches; the
+/// `'F'` record goes in the last, so an interrupted open redoes the work) and `'F'` records where
+/// the index starts. Released leaves below are found by scanning their segments. No-op for logs
+/// that have the record (every log created since).
+fn index_fields_of_old_log(
+    store: &dyn Store,
+    log_id: LogId,
+    origin: &str,
+    tree_size: u64,
+) -> Result<(), LedgerError> {
+    const CHUNK: u64 = 16 * 1024;
+    if store
+        .get(Space::Meta, &layout::meta_fields_from_key(log_id))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let (seg_from, seg_to) = layout::meta_segment_range(log_id);
+    let mut from = 0u64;
+    let mut bad = None;
+    store.scan(
+        Space::Meta,
+        &seg_from,
+        Some(&seg_to),
+        Direction::Forward,
+        &mut |k, v| match k
+            .get(5..)
+            .and_then(layout::decode_u64)
+            .and_then(|start| SegmentRecord::decode(start, v))
+        {
+            Some(r) => {
+                if r.hot_released {
+                    from = from.max(r.end());
+                }
+                true
+            }
+            None => {
+                bad = Some(hex::encode(k));
+                false
+            }
+        },
+    )?;
+    if let Some(k) = bad {
+        return Err(LedgerError::Corrupt(format!(
+            "{origin}: malformed segment record under key {k}"
+        )));
+    }
+    let from = from.min(tree_size);
+    let mut at = from;
+    loop {
+        let end = (at + CHUNK).min(tree_size);
+        let mut keys = Vec::new();
+        let mut failure = None;
+        store.scan(
+            Space::Leaves,
+            &layout::leaf_key(log_id, at),
+            Some(&layout::leaf_key(log_id, end)),
+            Direction::Forward,
+            &mut |k, v| {
+                let Some((_, index)) = layout::parse_leaf_key(k) else {
+                    failure = Some(format!("malformed leaf key {}", hex::encode(k)));
+                    return false;
+                };
+                match event::decode_leaf(v) {
+                    Ok(record) => {
+                        if let Some(e) = &record.event {
+                            for f in crate::query::IndexedField::HOT_INDEXED {
+                                let value = f.value_in(e);
+                                if !value.is_empty() {
+                                    keys.push(layout::field_index_key(
+                                        log_id,
+                                        f.tag(),
+                                        &layout::field_value_hash(value),
+                                        index,
+                                    ));
+                                }
+                            }
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        failure = Some(format!("leaf {index}: {e}"));
+                        false
+                    }
+                }
+            },
+        )?;
+        if let Some(f) = failure {
+            return Err(LedgerError::Corrupt(format!(
+                "{origin}: building the search index: {f}"
+            )));
+        }
+        keys.sort_unstable();
+        let mut batch = WriteBatch::with_capacity(keys.len() + 1);
+        for k in keys {
+            batch.put(Space::Fields, k.to_vec(), Vec::new());
+        }
+        if end == tree_size {
+            batch.put(
+                Space::Meta,
+                layout::meta_fields_from_key(log_id).to_vec(),
+                from.to_be_bytes().to_vec(),
+            );
+            store.write(batch, true)?;
+            return Ok(());
+        }
+        store.write(batch, false)?;
+        at = end;
+    }
 }
 
 fn latest_stored_checkpoint(
@@ -1077,6 +1198,86 @@ impl Log {
         match bad {
             Some(k) => Err(LedgerError::Corrupt(format!("malformed leaf key {k}"))),
             None => Ok(()),
+        }
+    }
+
+    /// Leaves from this index on have their search-index entries ([`Space::Fields`]); leaves
+    /// below it (released segments of a data directory older than the index) must be scanned.
+    pub fn fields_indexed_from(&self) -> Result<u64, LedgerError> {
+        match self
+            .shared
+            .store
+            .get(Space::Meta, &layout::meta_fields_from_key(self.info.log_id))?
+        {
+            None => Ok(0),
+            Some(v) => layout::decode_u64(&v).ok_or_else(|| {
+                LedgerError::Corrupt(format!(
+                    "{}: search index start is not 8 bytes",
+                    self.info.origin
+                ))
+            }),
+        }
+    }
+
+    /// Candidate leaves in `[lo, hi)` whose `field` may equal `value`, in `order`, at most
+    /// `max`: from the event-id index for [`IndexedField::EventId`], else from the search index
+    /// (which covers leaves from [`Log::fields_indexed_from`] on). Candidates only: an index key
+    /// holds 64 bits of the value's hash, so judge each leaf with
+    /// [`crate::query::EventFilter::matches`]. Hot, warm and cold leaves alike (index entries
+    /// outlive the hot copy of a leaf).
+    pub fn index_candidates(
+        &self,
+        field: IndexedField,
+        value: &str,
+        lo: u64,
+        hi: u64,
+        order: Order,
+        max: usize,
+    ) -> Result<Vec<u64>, LedgerError> {
+        let hi = hi.min(self.tree_size());
+        if lo >= hi || max == 0 {
+            return Ok(Vec::new());
+        }
+        if field == IndexedField::EventId {
+            // Not a valid event id: no event has it (appends validate ids).
+            let Ok(id) = EventId::parse(value) else {
+                return Ok(Vec::new());
+            };
+            return Ok(self
+                .find_event(&id)?
+                .filter(|i| (lo..hi).contains(i))
+                .into_iter()
+                .collect());
+        }
+        let h = layout::field_value_hash(value);
+        let start = layout::field_index_key(self.info.log_id, field.tag(), &h, lo);
+        let end = layout::field_index_key(self.info.log_id, field.tag(), &h, hi);
+        let direction = match order {
+            Order::OldestFirst => Direction::Forward,
+            Order::NewestFirst => Direction::Reverse,
+        };
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.shared
+            .store
+            .scan(Space::Fields, &start, Some(&end), direction, &mut |k, _| {
+                match layout::parse_field_index_key(k) {
+                    Some((_, _, _, index)) => {
+                        out.push(index);
+                        out.len() < max
+                    }
+                    None => {
+                        bad = Some(hex::encode(k));
+                        false
+                    }
+                }
+            })?;
+        match bad {
+            Some(k) => Err(LedgerError::Corrupt(format!(
+                "{}: malformed search index key {k}",
+                self.info.origin
+            ))),
+            None => Ok(out),
         }
     }
 

@@ -3,7 +3,7 @@
 //! (ledger) and the Parquet pruning (archiver) both evaluate the same [`EventFilter`], so a
 //! query returns the same events whichever tier holds them.
 
-use crate::event::{Decision, EventKind, LeafRecord};
+use crate::event::{AuditEvent, Decision, EventKind, LeafRecord};
 
 /// Fields with an exact-match index in the hot tier and a bloom filter or statistics in
 /// archived segments, in the order a search prefers them (most selective first).
@@ -18,6 +18,21 @@ pub enum IndexedField {
 }
 
 impl IndexedField {
+    /// The fields with entries in the hot tier's search index ([`crate::layout::Space::Fields`]):
+    /// every one but the event id, which the dedup index (`event_ids`) already maps.
+    pub const HOT_INDEXED: [IndexedField; 5] = [
+        IndexedField::CorrelationId,
+        IndexedField::SessionId,
+        IndexedField::TraceId,
+        IndexedField::UserId,
+        IndexedField::AgentId,
+    ];
+
+    /// The field of a storage tag.
+    pub fn from_tag(tag: u8) -> Option<IndexedField> {
+        IndexedField::ALL.into_iter().find(|f| f.tag() == tag)
+    }
+
     /// Every indexed field, most selective first.
     pub const ALL: [IndexedField; 6] = [
         IndexedField::EventId,
@@ -54,9 +69,14 @@ impl IndexedField {
 
     /// The field's value in `record` ("" when absent).
     pub fn value_of(self, record: &LeafRecord) -> &str {
-        let Some(e) = record.event.as_ref() else {
-            return "";
-        };
+        match record.event.as_ref() {
+            Some(e) => self.value_in(e),
+            None => "",
+        }
+    }
+
+    /// The field's value in an event ("" when absent).
+    pub fn value_in(self, e: &AuditEvent) -> &str {
         match self {
             IndexedField::EventId => &e.event_id,
             IndexedField::CorrelationId => &e.correlation_id,
@@ -154,7 +174,6 @@ impl EventFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::AuditEvent;
 
     fn record(user: &str, kind: EventKind, logged_at: u64) -> LeafRecord {
         LeafRecord {

@@ -29,6 +29,9 @@ pub(crate) struct PreparedEvent {
     pub event_id: EventId,
     /// Canonical encoding of the AuditEvent.
     pub event_bytes: Vec<u8>,
+    /// (field tag, BLAKE3(value)[..8]) of every non-empty hot-indexed field
+    /// ([`crate::query::IndexedField::HOT_INDEXED`]), hashed on the caller's thread.
+    pub fields: Vec<(u8, [u8; layout::FIELD_HASH_PREFIX])>,
 }
 
 /// One append request: all of it commits in one batch or none of it does.
@@ -297,6 +300,12 @@ impl Sequencer {
             layout::META_NEXT_LOG_ID.to_vec(),
             self.next_log_id.to_be_bytes().to_vec(),
         );
+        // A new log is searchable by index from its first leaf.
+        batch.put(
+            Space::Meta,
+            layout::meta_fields_from_key(log_id).to_vec(),
+            0u64.to_be_bytes().to_vec(),
+        );
         let info = Arc::new(LogInfo::new(
             log_id,
             key.clone(),
@@ -325,6 +334,7 @@ impl Sequencer {
             WriteBatch::with_capacity(group.iter().map(|s| s.events.len() * 2).sum::<usize>() + 8);
         let mut created = Vec::new();
         let mut index_jobs: HashMap<LogId, IndexJob> = HashMap::new();
+        let mut field_keys: Vec<[u8; layout::FIELD_KEY_LEN]> = Vec::new();
 
         // Dedup against the store, for logs that existed before this group.
         let mut lookups: Vec<(LogId, [u8; 20])> = Vec::new();
@@ -407,6 +417,11 @@ impl Sequencer {
                     layout::event_id_key(log_id, &event.event_id.0).to_vec(),
                     leaf_index.to_be_bytes().to_vec(),
                 );
+                for (tag, value_hash) in &event.fields {
+                    field_keys.push(layout::field_index_key(
+                        log_id, *tag, value_hash, leaf_index,
+                    ));
+                }
                 index_jobs
                     .entry(log_id)
                     .or_insert_with(|| IndexJob {
@@ -429,6 +444,13 @@ impl Sequencer {
                 });
             }
             outcomes.push(these);
+        }
+
+        // Sorted, for the same reason as the leaf-hash indexer's batches: the memtable insert of
+        // each key then starts next to the previous one.
+        field_keys.sort_unstable();
+        for key in field_keys {
+            batch.put(Space::Fields, key.to_vec(), Vec::new());
         }
 
         for key in touched {

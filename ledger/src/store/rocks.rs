@@ -130,7 +130,8 @@ fn cf_options(space: Space, opts: &RocksOptions, cache: &Cache) -> Options {
             // Random 16/32-byte ids do not compress.
             o.set_compression_type(DBCompressionType::None);
         }
-        Space::Tiles => {
+        // Search index keys are hashes followed by a leaf index: nothing to compress.
+        Space::Tiles | Space::Fields => {
             o.set_block_based_table_factory(&table_options(cache, true));
             o.set_compression_type(DBCompressionType::None);
         }
