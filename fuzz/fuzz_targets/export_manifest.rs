@@ -12,8 +12,8 @@
 mod common;
 
 use auditledger_ledger::export::{
-    CHECKPOINT_MEMBER, ExportManifest, ExportManifestError, RANGE_PROOF_MEMBER, entries_member, open_manifest,
-    parse_entries_member,
+    CHECKPOINT_MEMBER, ExportManifest, ExportManifestError, RANGE_PROOF_MEMBER, entries_member,
+    open_manifest, parse_entries_member,
 };
 use auditledger_ledger::note::NoteError;
 use libfuzzer_sys::fuzz_target;

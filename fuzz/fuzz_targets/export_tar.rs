@@ -48,7 +48,11 @@ fn leaf(i: u64) -> Vec<u8> {
         tool_name: format!("tool-{}", i % 3),
         ..Default::default()
     };
-    encode_leaf(&encode_event(&event), 1_795_000_000_000_000_000 + i, "gateway:fuzz")
+    encode_leaf(
+        &encode_event(&event),
+        1_795_000_000_000_000_000 + i,
+        "gateway:fuzz",
+    )
 }
 
 /// A real export, per the verifier's own tests (verifier/tests/export.rs).
@@ -67,7 +71,9 @@ fn real_export() -> Vec<u8> {
         prev: None,
         other_extensions: Vec::new(),
     };
-    let note = checkpoint.sign(std::slice::from_ref(&signer)).expect("signing");
+    let note = checkpoint
+        .sign(std::slice::from_ref(&signer))
+        .expect("signing");
     let proof = merkle::range_proof(&tree, START, END, SIZE).expect("range proof");
     let description = ExportDescription {
         origin: common::ORIGIN.into(),
@@ -83,12 +89,16 @@ fn real_export() -> Vec<u8> {
             .expect("export writer");
     for i in START..END {
         if i == EXPIRED {
-            writer.push_expired(merkle::leaf_hash(&leaves[i as usize])).expect("push");
+            writer
+                .push_expired(merkle::leaf_hash(&leaves[i as usize]))
+                .expect("push");
         } else {
             writer.push_leaf(&leaves[i as usize]).expect("push");
         }
     }
-    writer.finish(std::slice::from_ref(&signer)).expect("finish")
+    writer
+        .finish(std::slice::from_ref(&signer))
+        .expect("finish")
 }
 
 fn verify(tar: &[u8]) -> Result<ExportReport, String> {

@@ -31,7 +31,15 @@ fn seeds() -> Vec<Vec<u8>> {
 }
 
 /// Everything of an entry that the files carry, comparable.
-type Entry = (String, u32, u64, Option<u64>, Option<u64>, Option<String>, Option<String>);
+type Entry = (
+    String,
+    u32,
+    u64,
+    Option<u64>,
+    Option<u64>,
+    Option<String>,
+    Option<String>,
+);
 
 fn entries(list: &[KeyEntry]) -> Vec<Entry> {
     list.iter()

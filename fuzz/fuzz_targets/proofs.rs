@@ -13,9 +13,9 @@ mod common;
 
 use arbitrary::Arbitrary;
 use auditledger_ledger::merkle::{
-    self, CompactRange, Hash, MemoryTree, NodeId, consistency_proof, inclusion_proof,
-    range_proof, root, root_from_range_proof, subtree_inclusion_proof, verify_consistency,
-    verify_inclusion, verify_subtree_inclusion,
+    self, CompactRange, Hash, MemoryTree, NodeId, consistency_proof, inclusion_proof, range_proof,
+    root, root_from_range_proof, subtree_inclusion_proof, verify_consistency, verify_inclusion,
+    verify_subtree_inclusion,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -52,7 +52,18 @@ fn flip_hash(h: &Hash, bit: u8) -> Hash {
 }
 
 fuzz_target!(|input: Input| {
-    let Input { a, b, c, level, proof, root1, root2, leaves, flip, bit } = input;
+    let Input {
+        a,
+        b,
+        c,
+        level,
+        proof,
+        root1,
+        root2,
+        leaves,
+        flip,
+        bit,
+    } = input;
 
     // 1. Arbitrary numbers and hashes: answers, never panics.
     let _ = verify_inclusion(a, b, &root1, &proof, &root2);
@@ -75,7 +86,9 @@ fuzz_target!(|input: Input| {
     // 2. A real tree of 1..=512 leaves.
     let n = u64::from(leaves % 512) + 1;
     let mut tree = MemoryTree::new();
-    let hashes: Vec<Hash> = (0..n).map(|i| merkle::leaf_hash(&i.to_le_bytes())).collect();
+    let hashes: Vec<Hash> = (0..n)
+        .map(|i| merkle::leaf_hash(&i.to_le_bytes()))
+        .collect();
     for h in &hashes {
         tree.append(*h);
     }
@@ -91,7 +104,16 @@ fuzz_target!(|input: Input| {
     }
     let bad_leaf = flip_hash(&hashes[index as usize], bit);
     assert!(verify_inclusion(index, size, &bad_leaf, &p, &tree_root).is_err());
-    assert!(verify_inclusion(index, size, &hashes[index as usize], &p, &flip_hash(&tree_root, bit)).is_err());
+    assert!(
+        verify_inclusion(
+            index,
+            size,
+            &hashes[index as usize],
+            &p,
+            &flip_hash(&tree_root, bit)
+        )
+        .is_err()
+    );
 
     // Subtree inclusion of the node of `level` containing `index`, when it fits.
     let l = level % 10;
@@ -104,7 +126,10 @@ fuzz_target!(|input: Input| {
         if let Some(bad) = flipped(&sp, flip, bit) {
             assert!(verify_subtree_inclusion(node, size, &sub_root, &bad, &tree_root).is_err());
         }
-        assert!(verify_subtree_inclusion(node, size, &flip_hash(&sub_root, bit), &sp, &tree_root).is_err());
+        assert!(
+            verify_subtree_inclusion(node, size, &flip_hash(&sub_root, bit), &sp, &tree_root)
+                .is_err()
+        );
     }
 
     let first = 1 + c % size;
@@ -115,8 +140,12 @@ fuzz_target!(|input: Input| {
     if let Some(bad) = flipped(&cp, flip, bit) {
         assert!(verify_consistency(first, size, &bad, &first_root, &tree_root).is_err());
     }
-    assert!(verify_consistency(first, size, &cp, &flip_hash(&first_root, bit), &tree_root).is_err());
-    assert!(verify_consistency(first, size, &cp, &first_root, &flip_hash(&tree_root, bit)).is_err());
+    assert!(
+        verify_consistency(first, size, &cp, &flip_hash(&first_root, bit), &tree_root).is_err()
+    );
+    assert!(
+        verify_consistency(first, size, &cp, &first_root, &flip_hash(&tree_root, bit)).is_err()
+    );
 
     let (start, end) = ((a >> 16) % (size + 1), (c >> 16) % (size + 1));
     let (start, end) = (start.min(end), start.max(end));
@@ -125,9 +154,15 @@ fuzz_target!(|input: Input| {
     for h in &hashes[start as usize..end as usize] {
         leaves_range.append(*h);
     }
-    assert_eq!(root_from_range_proof(&leaves_range, size, &rp).expect("range proof folds"), tree_root);
+    assert_eq!(
+        root_from_range_proof(&leaves_range, size, &rp).expect("range proof folds"),
+        tree_root
+    );
     if let Some(bad) = flipped(&rp, flip, bit) {
-        assert_ne!(root_from_range_proof(&leaves_range, size, &bad).ok(), Some(tree_root));
+        assert_ne!(
+            root_from_range_proof(&leaves_range, size, &bad).ok(),
+            Some(tree_root)
+        );
     }
 });
 
