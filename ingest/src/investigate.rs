@@ -720,6 +720,206 @@ impl pb::investigate_server::Investigate for InvestigateService {
     }
 }
 
+// ---- Command line (`auditledger events find`) ------------------------------------------------
+
+/// Output format of `auditledger events find`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for a terminal.
+    Table,
+    /// One JSON object per event (with the leaf, and the proof when asked).
+    Jsonl,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+}
+
+/// What `auditledger events find` asks for.
+pub struct FindCommand {
+    pub target: String,
+    pub token: String,
+    pub request: pb::FindEventsRequest,
+    /// Follow `next_page_token` until the end.
+    pub all_pages: bool,
+    pub format: OutputFormat,
+}
+
+const COLUMNS: [&str; 14] = [
+    "leaf_index",
+    "logged_at",
+    "event_id",
+    "event_kind",
+    "user_id",
+    "agent_id",
+    "tool_server",
+    "tool_name",
+    "session_id",
+    "correlation_id",
+    "trace_id",
+    "decision",
+    "data_classification",
+    "tier",
+];
+
+/// One result as the CLI's columns.
+fn row(found: &pb::FoundEvent) -> anyhow::Result<Vec<String>> {
+    let entry = found
+        .entry
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the server sent a result without an entry"))?;
+    let tier = pb::Tier::try_from(entry.tier)
+        .map(|t| t.as_str_name().trim_start_matches("TIER_").to_ascii_lowercase())
+        .unwrap_or_default();
+    if entry.content_expired {
+        let mut r = vec![entry.leaf_index.to_string(), String::new(), "(content expired)".into()];
+        r.resize(COLUMNS.len() - 1, String::new());
+        r.push(tier);
+        return Ok(r);
+    }
+    let record = decode_leaf(&entry.leaf)
+        .map_err(|e| anyhow::anyhow!("leaf {}: {e}", entry.leaf_index))?;
+    let e = record.event.unwrap_or_default();
+    let logged_at = humantime::format_rfc3339_nanos(
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(record.logged_at),
+    )
+    .to_string();
+    let kind = EventKind::try_from(e.event_kind)
+        .map(|k| k.as_str_name().trim_start_matches("EVENT_KIND_").to_ascii_lowercase())
+        .unwrap_or_else(|_| e.event_kind.to_string());
+    let decision = Decision::try_from(e.decision)
+        .map(|d| d.as_str_name().trim_start_matches("DECISION_").to_ascii_lowercase())
+        .unwrap_or_else(|_| e.decision.to_string());
+    Ok(vec![
+        entry.leaf_index.to_string(),
+        logged_at,
+        e.event_id,
+        kind,
+        e.user_id,
+        e.agent_id,
+        e.tool_server,
+        e.tool_name,
+        e.session_id,
+        e.correlation_id,
+        e.trace_id,
+        decision,
+        e.data_classification,
+        tier,
+    ])
+}
+
+fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_owned()
+    }
+}
+
+/// One result as a JSON object: the columns, the leaf (hex) and, with proofs, the proof.
+fn json_line(found: &pb::FoundEvent, checkpoint: &str) -> anyhow::Result<String> {
+    let cols = row(found)?;
+    let mut obj = serde_json::Map::new();
+    for (name, value) in COLUMNS.iter().zip(&cols) {
+        obj.insert((*name).into(), serde_json::Value::String(value.clone()));
+    }
+    if let Some(entry) = &found.entry {
+        obj.insert("leaf_index".into(), entry.leaf_index.into());
+        obj.insert("leaf_hash".into(), hex::encode(&entry.leaf_hash).into());
+        obj.insert("leaf".into(), hex::encode(&entry.leaf).into());
+    }
+    if let Some(p) = &found.proof {
+        obj.insert("tree_size".into(), p.tree_size.into());
+        obj.insert(
+            "proof".into(),
+            p.hashes.iter().map(hex::encode).collect::<Vec<_>>().into(),
+        );
+        obj.insert("checkpoint".into(), checkpoint.into());
+    }
+    Ok(serde_json::Value::Object(obj).to_string())
+}
+
+/// Runs the search (every page with `all_pages`) and writes the results to `out`; returns the
+/// number of events written.
+pub async fn find_events_cli(
+    cmd: &FindCommand,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    let mut client = pb::investigate_client::InvestigateClient::connect(cmd.target.clone())
+        .await
+        .with_context(|| format!("connecting to {}", cmd.target))?
+        .max_decoding_message_size(128 << 20);
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", cmd.token)
+        .parse()
+        .context("token is not a valid header value")?;
+    let mut request = cmd.request.clone();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut count = 0usize;
+    if cmd.format == OutputFormat::Csv {
+        writeln!(out, "{}", COLUMNS.join(","))?;
+    }
+    // Bounded: every page advances the position, and a log has finitely many leaves.
+    loop {
+        let mut r = Request::new(request.clone());
+        r.metadata_mut().insert("authorization", bearer.clone());
+        let page = client
+            .find_events(r)
+            .await
+            .map_err(|s| anyhow::anyhow!("search refused: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        let checkpoint = page.checkpoint.map(|c| c.note).unwrap_or_default();
+        for found in &page.events {
+            match cmd.format {
+                OutputFormat::Table => rows.push(row(found)?),
+                OutputFormat::Csv => writeln!(
+                    out,
+                    "{}",
+                    row(found)?
+                        .iter()
+                        .map(|v| csv_field(v))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )?,
+                OutputFormat::Jsonl => writeln!(out, "{}", json_line(found, &checkpoint)?)?,
+            }
+            count += 1;
+        }
+        if page.next_page_token.is_empty() || !cmd.all_pages {
+            if !page.next_page_token.is_empty() {
+                eprintln!(
+                    "more results: repeat with --page-token {} (or --all-pages)",
+                    page.next_page_token
+                );
+            }
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    if cmd.format == OutputFormat::Table {
+        let shown = [0usize, 1, 2, 3, 4, 7, 8, 11, 13];
+        let mut widths: Vec<usize> = shown.iter().map(|&c| COLUMNS[c].len()).collect();
+        for r in &rows {
+            for (w, &c) in widths.iter_mut().zip(&shown) {
+                *w = (*w).max(r[c].chars().count());
+            }
+        }
+        let line = |cells: Vec<&str>| {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_owned()
+        };
+        writeln!(out, "{}", line(shown.iter().map(|&c| COLUMNS[c]).collect()))?;
+        for r in &rows {
+            writeln!(out, "{}", line(shown.iter().map(|&c| r[c].as_str()).collect()))?;
+        }
+    }
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

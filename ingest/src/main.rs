@@ -131,6 +131,90 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Event search on a running server (Investigate.FindEvents; role investigator or admin).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Find events matching every given filter, over all tiers; each search is recorded in the
+    /// system log with the justification.
+    Find(Box<FindArgs>),
+}
+
+#[derive(clap::Args)]
+struct FindArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Investigator (or admin) bearer token.
+    #[arg(long, env = "AUDITLEDGER_TOKEN")]
+    token: String,
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    env: String,
+    /// logged_at from (inclusive): RFC 3339 or unix nanoseconds.
+    #[arg(long)]
+    from: Option<String>,
+    /// logged_at to (exclusive): RFC 3339 or unix nanoseconds.
+    #[arg(long)]
+    to: Option<String>,
+    /// Event kind: tool_call, tool_result, approval, … or EVENT_KIND_* (see event.proto).
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long)]
+    tool_server: Option<String>,
+    #[arg(long)]
+    tool: Option<String>,
+    #[arg(long)]
+    session: Option<String>,
+    #[arg(long)]
+    correlation: Option<String>,
+    #[arg(long)]
+    trace: Option<String>,
+    /// Decision: allow, deny, … or DECISION_* (see event.proto).
+    #[arg(long)]
+    decision: Option<String>,
+    #[arg(long)]
+    classification: Option<String>,
+    #[arg(long)]
+    event_id: Option<String>,
+    /// Newest first (default: oldest first).
+    #[arg(long)]
+    newest_first: bool,
+    /// Events per page (0 = the server's default; capped by its config).
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+    /// Continue a search (the token printed by the previous page).
+    #[arg(long, default_value = "")]
+    page_token: String,
+    /// Fetch every page.
+    #[arg(long)]
+    all_pages: bool,
+    /// Ask for an inclusion proof per event (printed with --format jsonl).
+    #[arg(long)]
+    with_proofs: bool,
+    /// Why the search is made (required; recorded in the system log).
+    #[arg(long)]
+    justification: String,
+    #[arg(long, value_enum, default_value = "table")]
+    format: auditledger_ingest::investigate::OutputFormat,
+}
+
+/// An enum value by its proto name, with or without the prefix, any case.
+fn proto_enum(flag: &str, value: &str, prefix: &str, names: &dyn Fn(&str) -> Option<i32>) -> anyhow::Result<i32> {
+    let upper = value.to_ascii_uppercase();
+    names(&upper)
+        .or_else(|| names(&format!("{prefix}{upper}")))
+        .ok_or_else(|| anyhow::anyhow!("--{flag} {value:?} is not a known value"))
 }
 
 #[derive(Subcommand)]
@@ -407,6 +491,72 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out: &out,
             }))?;
             println!("wrote {} ({bytes} bytes)", out.display());
+        }
+        Command::Events {
+            command: EventsCommand::Find(a),
+        } => {
+            use auditledger_proto::v1 as pb;
+            let time = |flag: &str, value: Option<&str>| -> anyhow::Result<u64> {
+                value.map_or(Ok(0), |v| {
+                    commands::parse_time_nanos(v).with_context(|| format!("--{flag} {v:?}"))
+                })
+            };
+            let kind = a
+                .kind
+                .as_deref()
+                .map(|k| {
+                    proto_enum("kind", k, "EVENT_KIND_", &|n| {
+                        pb::EventKind::from_str_name(n).map(|v| v as i32)
+                    })
+                })
+                .transpose()?
+                .unwrap_or(0);
+            let decision = a
+                .decision
+                .as_deref()
+                .map(|d| {
+                    proto_enum("decision", d, "DECISION_", &|n| {
+                        pb::Decision::from_str_name(n).map(|v| v as i32)
+                    })
+                })
+                .transpose()?
+                .unwrap_or(0);
+            let s = |v: &Option<String>| v.clone().unwrap_or_default();
+            let request = pb::FindEventsRequest {
+                tenant_id: a.tenant.clone(),
+                environment: a.env.clone(),
+                from_time: time("from", a.from.as_deref())?,
+                to_time: time("to", a.to.as_deref())?,
+                event_kind: kind,
+                user_id: s(&a.user),
+                agent_id: s(&a.agent),
+                tool_server: s(&a.tool_server),
+                tool_name: s(&a.tool),
+                session_id: s(&a.session),
+                correlation_id: s(&a.correlation),
+                trace_id: s(&a.trace),
+                decision,
+                data_classification: s(&a.classification),
+                event_id: s(&a.event_id),
+                limit: a.limit,
+                page_token: a.page_token.clone(),
+                newest_first: a.newest_first,
+                justification: a.justification.clone(),
+                with_proofs: a.with_proofs,
+            };
+            let cmd = auditledger_ingest::investigate::FindCommand {
+                target: a.target.clone(),
+                token: a.token.clone(),
+                request,
+                all_pages: a.all_pages,
+                format: a.format,
+            };
+            let mut stdout = std::io::stdout().lock();
+            let n = block_on(auditledger_ingest::investigate::find_events_cli(
+                &cmd,
+                &mut stdout,
+            ))?;
+            eprintln!("{n} events");
         }
         Command::Token { command } => match command {
             TokenCommand::Create {
