@@ -13,11 +13,13 @@
 //!   the object naming scheme;
 //! - [`engine`]: the [`Archiver`] — crash-safe moves hot → warm → cold, retention expiry under
 //!   legal holds, metrics;
-//! - [`tier_reader`]: [`TierReader`], leaf contents from whichever tier holds them.
+//! - [`tier_reader`]: [`TierReader`], leaf contents from whichever tier holds them, and event
+//!   searches over one archived segment ([`search`]: Parquet pruning by statistics and bloom
+//!   filters, leaves read for candidate rows only).
 //!
-//! `engine`, `tier_reader` and `metrics` need a RocksDB ledger and sit behind the default
-//! `engine` feature; without it (the offline verifier) the crate reads and checks archives
-//! only.
+//! `engine`, `tier_reader`, `search` and `metrics` need a RocksDB ledger and sit behind the
+//! default `engine` feature; without it (the offline verifier) the crate reads and checks
+//! archives only.
 //!
 //! The segment geometry — 2^`segment_bits` leaves, a complete subtree — is recorded per log by
 //! the ledger (`Log::segment_bits`).
@@ -30,6 +32,8 @@ pub mod export;
 pub mod manifest;
 #[cfg(feature = "engine")]
 pub mod metrics;
+#[cfg(feature = "engine")]
+pub mod search;
 pub mod segment;
 pub mod store;
 #[cfg(feature = "engine")]
@@ -45,6 +49,8 @@ pub use error::ArchiveError;
 pub use manifest::{ManifestError, SegmentManifest, VerifiedManifest};
 #[cfg(feature = "engine")]
 pub use metrics::{ArchiverMetrics, MetricsSnapshot};
+#[cfg(feature = "engine")]
+pub use search::SearchStats;
 pub use segment::{
     SegmentError, SegmentId, SegmentInfo, SegmentReader, SegmentRow, SegmentSummary, SegmentTree,
     SegmentWriter, WriteOptions, write_segment,

@@ -9,11 +9,14 @@
 use std::sync::{Arc, Mutex};
 
 use auditledger_ledger::Log;
+use auditledger_ledger::merkle::Hash;
+use auditledger_ledger::query::{EventFilter, Order};
 use auditledger_ledger::segments::{SegmentRecord, Tier};
 use object_store::path::Path;
 
 use crate::engine::TierStores;
 use crate::error::ArchiveError;
+use crate::search::{self, SearchStats};
 use crate::segment::{SegmentError, SegmentId, SegmentReader, hash_hex};
 use crate::store::SegmentStore;
 
@@ -266,6 +269,130 @@ impl TierReader {
             });
         }
         Ok(out)
+    }
+
+    /// Event search over one archived (hot-released) segment (`Investigate.FindEvents`, DESIGN
+    /// §5): in `order`, at most `limit` of its leaves strictly after `resume_after` in that
+    /// order that match `filter` exactly as [`EventFilter::matches`] judges the decoded leaf (a
+    /// content-expired leaf as `LeafRecord { event: None, logged_at }`: it matches pure time
+    /// windows only). Returns `(leaf index, leaf hash, contents)`, every hash checked against
+    /// the tree. Prunes by the record's time range, row-group statistics and bloom filters,
+    /// and fetches `leaf` only for candidate rows (`crate::search`).
+    pub async fn find_in_segment(
+        &self,
+        log: &Log,
+        record: &SegmentRecord,
+        filter: &EventFilter,
+        order: Order,
+        resume_after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Hash, LeafContent)>, ArchiveError> {
+        self.find_in_segment_with_stats(log, record, filter, order, resume_after, limit)
+            .await
+            .map(|(rows, _)| rows)
+    }
+
+    /// [`TierReader::find_in_segment`], and what the search read and pruned.
+    pub async fn find_in_segment_with_stats(
+        &self,
+        log: &Log,
+        record: &SegmentRecord,
+        filter: &EventFilter,
+        order: Order,
+        resume_after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<(u64, Hash, LeafContent)>, SearchStats), ArchiveError> {
+        let mut stats = SearchStats::default();
+        let segment = || format!("{} [{}, {})", log.origin(), record.start, record.end());
+        if !record.hot_released {
+            return Err(ArchiveError::HotLeaves {
+                segment: segment(),
+                reason:
+                    "searched as archived but its segment is not released (search the hot tier)"
+                        .into(),
+            });
+        }
+        let before_resume = match (order, resume_after) {
+            (_, None) => false,
+            (Order::OldestFirst, Some(r)) => r >= record.end().saturating_sub(1),
+            (Order::NewestFirst, Some(r)) => r <= record.start,
+        };
+        if limit == 0 || before_resume || !search::segment_may_match(record, filter) {
+            stats.segment_skipped = true;
+            return Ok((Vec::new(), stats));
+        }
+        // A warm → cold move may delete the object between the caller reading the record and
+        // this read: if the record changed since, search the object it names now, once.
+        let mut record = record.clone();
+        let mut retried = false;
+        let rows = loop {
+            let attempt = async {
+                let reader = self.open(log, &record).await?;
+                stats = SearchStats::default();
+                search::search(&reader, filter, order, resume_after, limit, &mut stats).await
+            };
+            match attempt.await {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    self.evict(log.origin(), record.start);
+                    if retried {
+                        return Err(e);
+                    }
+                    let now = log
+                        .segment_of(record.start)
+                        .map_err(|source| ArchiveError::Ledger {
+                            segment: segment(),
+                            step: "searching: re-reading the segment record",
+                            source,
+                        })?
+                        .filter(|r| r.hot_released && r.start == record.start);
+                    match now {
+                        Some(now)
+                            if (now.tier, &now.object, now.object_blake3)
+                                != (record.tier, &record.object, record.object_blake3) =>
+                        {
+                            record = now;
+                            retried = true;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+            }
+        };
+        // The tree is the authority: every returned row's hash must be its leaf hash there.
+        let nodes: Vec<auditledger_ledger::merkle::NodeId> = rows
+            .iter()
+            .map(|row| auditledger_ledger::merkle::NodeId::new(0, row.leaf_index))
+            .collect();
+        let expected =
+            auditledger_ledger::merkle::HashReader::read_hashes(&log.hash_reader(), &nodes)
+                .map_err(|e| ArchiveError::Ledger {
+                    segment: segment(),
+                    step: "searching: reading leaf hashes from the tree",
+                    source: e.into(),
+                })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, expected_hash) in rows.into_iter().zip(expected) {
+            if row.leaf_hash != expected_hash {
+                self.evict(log.origin(), record.start);
+                return Err(ArchiveError::LeafHashMismatch {
+                    origin: log.origin().to_owned(),
+                    leaf_index: row.leaf_index,
+                    tier: record.tier.as_str(),
+                    found: hash_hex(&row.leaf_hash),
+                    expected: hash_hex(&expected_hash),
+                });
+            }
+            let content = match row.leaf {
+                Some(bytes) => LeafContent::Present {
+                    bytes,
+                    tier: record.tier,
+                },
+                None => LeafContent::Expired { tier: record.tier },
+            };
+            out.push((row.leaf_index, expected_hash, content));
+        }
+        Ok((out, stats))
     }
 
     async fn read_archived(

@@ -58,6 +58,8 @@ use parquet::errors::ParquetError;
 
 pub use reader::{ExpiryCandidate, SegmentReader, SegmentTree, VerifiedSegment, rewrite_expired};
 pub(crate) use reader::{parse_decimal, parse_hash_hex};
+#[cfg(feature = "engine")]
+pub(crate) use schema::TypedColumns;
 pub use schema::{FORMAT_VERSION, column, metadata_key, segment_schema};
 pub use writer::{
     RangeSummary, RangeWriter, SegmentSummary, SegmentWriter, WriteOptions, write_segment,
@@ -205,6 +207,14 @@ pub enum LeafProblem {
     Null { column: &'static str },
     #[error("leaf bytes are not a valid LeafRecord: {0}")]
     Decode(#[source] LeafError),
+    #[error(
+        "typed column `{column}` holds {column_value:?} but the leaf decodes to {leaf_value:?}: the derived columns disagree with the leaf"
+    )]
+    ColumnDisagrees {
+        column: &'static str,
+        column_value: Option<String>,
+        leaf_value: Option<String>,
+    },
 }
 
 /// Why a segment could not be written, read or verified. Every message names the segment and,

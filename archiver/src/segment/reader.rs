@@ -392,6 +392,86 @@ impl SegmentReader {
     }
 }
 
+/// Reads for searches (`crate::search`): footer statistics, bloom filters, the filter
+/// columns of one row group, and the leaves of selected rows only.
+#[cfg(feature = "engine")]
+impl SegmentReader {
+    /// The Parquet footer (row groups, column chunk statistics, bloom filter offsets).
+    pub(crate) fn parquet_metadata(&self) -> &ParquetMetaData {
+        self.metadata.metadata()
+    }
+
+    /// Record batches of the named columns of one row group, only its `selection` of rows if
+    /// given. Pages holding no selected row are not fetched (the offset index is loaded).
+    pub(crate) fn row_group_batches(
+        &self,
+        columns: &[&str],
+        row_group: usize,
+        selection: Option<RowSelection>,
+    ) -> Result<
+        futures_util::stream::BoxStream<'static, Result<RecordBatch, SegmentError>>,
+        SegmentError,
+    > {
+        let rows = self
+            .metadata
+            .metadata()
+            .row_groups()
+            .get(row_group)
+            .map(|g| usize::try_from(g.num_rows()).unwrap_or(0))
+            .ok_or_else(|| {
+                SegmentError::Geometry(format!("{}: no row group {row_group}", self.info.id))
+            })?;
+        let selection =
+            selection.unwrap_or_else(|| RowSelection::from(vec![RowSelector::select(rows)]));
+        let id = self.id().clone();
+        Ok(self
+            .batches(columns, Some((row_group, selection)))?
+            .map_err(move |e| SegmentError::parquet(&id, "reading a row group", e))
+            .boxed())
+    }
+
+    /// `leaf_index`, `leaf_hash` and `leaf` of the selected rows of one row group, each
+    /// present leaf checked against its stored hash.
+    pub(crate) async fn selected_rows(
+        &self,
+        row_group: usize,
+        selection: RowSelection,
+    ) -> Result<Vec<SegmentRow>, SegmentError> {
+        let id = self.id();
+        let mut batches = self.row_group_batches(
+            &[column::LEAF_INDEX, column::LEAF_HASH, column::LEAF],
+            row_group,
+            Some(selection),
+        )?;
+        let mut out = Vec::new();
+        while let Some(batch) = batches.next().await {
+            for row in batch_rows(id, &batch?)? {
+                if let Some(leaf) = &row.leaf {
+                    check_leaf_hash(id, row.leaf_index, &row.leaf_hash, leaf)?;
+                }
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The bloom filter of a column chunk, if the file has one.
+    pub(crate) async fn bloom_filter(
+        &self,
+        row_group: usize,
+        column_index: usize,
+    ) -> Result<Option<parquet::bloom_filter::Sbbf>, SegmentError> {
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+            self.source.clone(),
+            self.metadata.clone(),
+        );
+        builder
+            .get_row_group_column_bloom_filter(row_group, column_index)
+            .await
+            .map_err(|e| SegmentError::parquet(self.id(), "reading a bloom filter", e))
+    }
+}
+
 /// Decodes the file metadata and checks it names the expected segment.
 fn read_info(
     metadata: &ArrowReaderMetadata,
