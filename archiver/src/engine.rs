@@ -196,6 +196,15 @@ pub struct Deletion {
 pub type DeletionHook =
     Arc<dyn Fn(Deletion) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// Called before a move between tiers commits (before the ledger's segment record changes);
+/// an `Err` skips the move (reported as a failure and retried on the next pass). The service
+/// records each move in the system log here, durably, so that no move escapes the log even if
+/// the process dies right after it. A crash after the hook and before the commit calls it
+/// again on the next run (at least once).
+pub type MoveHook = Arc<
+    dyn Fn(SegmentMove) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
+
 /// A hook that allows every deletion and records nothing (tests, tools).
 pub fn allow_deletions() -> DeletionHook {
     Arc::new(|_| Box::pin(async { Ok(()) }))
@@ -245,6 +254,7 @@ pub struct Archiver {
     stores: TierStores,
     config: ArchiverConfig,
     on_delete: DeletionHook,
+    on_move: Option<MoveHook>,
     reader: TierReader,
     metrics: ArchiverMetrics,
     crash_after: Option<String>,
@@ -427,6 +437,7 @@ impl Archiver {
             stores,
             config,
             on_delete,
+            on_move: None,
             reader,
             metrics: ArchiverMetrics::default(),
             crash_after: std::env::var(CRASH_ENV).ok().filter(|s| !s.is_empty()),
@@ -435,6 +446,27 @@ impl Archiver {
             expiry_noop: Mutex::new(HashMap::new()),
             all_expired: Mutex::new(HashSet::new()),
             anchors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Calls `hook` before every move commits (see [`MoveHook`]).
+    pub fn with_move_hook(mut self, hook: MoveHook) -> Archiver {
+        self.on_move = Some(hook);
+        self
+    }
+
+    /// Runs the move hook, if any; a refusal stops the move before it commits.
+    async fn before_move(&self, seg: &Seg, planned: SegmentMove) -> Result<(), ArchiveError> {
+        match &self.on_move {
+            None => Ok(()),
+            Some(hook) => hook(planned.clone())
+                .await
+                .map_err(|reason| ArchiveError::MoveRefused {
+                    segment: seg.name(),
+                    from: planned.from,
+                    to: planned.to,
+                    reason,
+                }),
         }
     }
 
@@ -918,6 +950,18 @@ impl Archiver {
             oldest,
             newest,
         };
+        self.before_move(
+            seg,
+            SegmentMove {
+                origin: seg.id.origin().to_owned(),
+                start,
+                end: seg.id.end(),
+                from: Tier::Hot,
+                to: Tier::Warm,
+                bytes: record.object_bytes,
+            },
+        )
+        .await?;
         seg.log
             .record_segment(&record)
             .map_err(|e| seg.ledger("recording the warm segment", e))?;
@@ -1307,6 +1351,18 @@ impl Archiver {
             recorded_at: now_nanos,
             ..record.clone()
         };
+        self.before_move(
+            seg,
+            SegmentMove {
+                origin: seg.id.origin().to_owned(),
+                start: seg.id.start(),
+                end: seg.id.end(),
+                from: Tier::Warm,
+                to: Tier::Cold,
+                bytes: cold_record.object_bytes,
+            },
+        )
+        .await?;
         seg.log
             .record_segment(&cold_record)
             .map_err(|e| seg.ledger("recording the cold segment", e))?;

@@ -97,6 +97,13 @@ pub enum ArchiveError {
         leaves: u64,
         reason: String,
     },
+    #[error("{segment}: move {from} -> {to} skipped: the move hook refused: {reason}")]
+    MoveRefused {
+        segment: String,
+        from: auditledger_ledger::segments::Tier,
+        to: auditledger_ledger::segments::Tier,
+        reason: String,
+    },
     /// The request itself is invalid (e.g. moving to the hot tier).
     #[error("invalid archiver request: {0}")]
     InvalidRequest(String),

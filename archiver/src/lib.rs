@@ -43,7 +43,7 @@ pub use anchor::{AnchorError, SegmentAnchor, VerifiedAnchor};
 #[cfg(feature = "engine")]
 pub use engine::{
     Archiver, ArchiverConfig, CRASH_ENV, Deletion, DeletionHook, EXPIRY_STEPS, HOT_TO_WARM_STEPS,
-    PassReport, SegmentMove, TierStores, WARM_TO_COLD_STEPS, allow_deletions,
+    MoveHook, PassReport, SegmentMove, TierStores, WARM_TO_COLD_STEPS, allow_deletions,
 };
 pub use error::ArchiveError;
 pub use manifest::{ManifestError, SegmentManifest, VerifiedManifest};

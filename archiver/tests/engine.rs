@@ -542,3 +542,74 @@ async fn retention_by_data_class_keeps_longer_classes_until_their_own_end() {
     }
     check_archive(&ledger, &stores, archiver.reader()).await;
 }
+
+/// The move hook runs before each move commits, sees the segment still at its source tier, and
+/// a refusal leaves the segment where it was (retried once the hook accepts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_move_hook_runs_before_each_move_commits_and_can_refuse_it() {
+    use auditledger_archiver::{MoveHook, SegmentMove};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open_ledger(Arc::new(MemoryStore::new()), 8);
+    append(&ledger, "acme", 0, 2 * 256).await;
+    ledger.checkpoint_now().unwrap();
+    let log = ledger.log("acme", "prod").unwrap();
+    let stores = file_stores(dir.path());
+    // (move, tier of the segment's record when the hook ran)
+    let seen: Arc<Mutex<Vec<(SegmentMove, Option<Tier>)>>> = Arc::default();
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hook: MoveHook = {
+        let (seen, refuse, log) = (seen.clone(), refuse.clone(), log.clone());
+        Arc::new(move |m: SegmentMove| {
+            let tier = log.segment_of(m.start).unwrap().map(|r| r.tier);
+            seen.lock().unwrap().push((m, tier));
+            let refused = refuse.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if refused {
+                    Err("system log unavailable".to_owned())
+                } else {
+                    Ok(())
+                }
+            })
+        })
+    };
+    let archiver = archiver(&ledger, &stores, allow_deletions()).with_move_hook(hook);
+
+    let report = archiver.move_down(Tier::Warm, Duration::ZERO, now()).await;
+    assert!(report.moved.is_empty(), "{report:?}");
+    assert_eq!(report.failures.len(), 2, "{report:?}");
+    assert!(
+        report.failures[0].contains("move hot -> warm skipped")
+            && report.failures[0].contains("system log unavailable"),
+        "{report:?}"
+    );
+    assert!(
+        log.segments().unwrap().is_empty(),
+        "a refused move committed"
+    );
+    let mut hot = 0;
+    log.scan_leaves(0, 512, &mut |_, _| {
+        hot += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(hot, 512, "hot leaves released by a refused move");
+
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    let report = archiver.move_down(Tier::Warm, Duration::ZERO, now()).await;
+    assert_eq!(report.moved.len(), 2, "{report:?}");
+    let report = archiver.move_down(Tier::Cold, Duration::ZERO, now()).await;
+    assert_eq!(report.moved.len(), 2, "{report:?}");
+    let seen = seen.lock().unwrap();
+    // Two refused, two hot -> warm, two warm -> cold; each hook call saw the source tier.
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    for (m, tier_then) in seen.iter() {
+        let expected = if m.from == Tier::Hot {
+            None
+        } else {
+            Some(Tier::Warm)
+        };
+        assert_eq!(*tier_then, expected, "{m:?}");
+        assert!(m.bytes > 0 && m.end - m.start == 256, "{m:?}");
+    }
+    check_archive(&ledger, &stores, archiver.reader()).await;
+}

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use auditledger_archiver::{
-    Archiver, ArchiverConfig, Deletion, DeletionHook, PassReport, TierStores,
+    Archiver, ArchiverConfig, Deletion, DeletionHook, MoveHook, PassReport, SegmentMove,
+    TierStores,
     store::{S3Options, SegmentStore, StoreOptions},
 };
 use auditledger_ledger::Ledger;
@@ -96,43 +97,65 @@ pub fn syslog_hook(syslog: Arc<SystemLog>) -> DeletionHook {
 }
 
 /// Builds the archiver of `ledger` as `config` describes it.
+/// The service's archiver: every deletion and every move recorded durably in the system log
+/// before it happens.
 pub fn archiver(
     config: &Config,
     ledger: Arc<Ledger>,
-    on_delete: DeletionHook,
+    syslog: &Arc<SystemLog>,
 ) -> anyhow::Result<Archiver> {
     Ok(Archiver::new(
         ledger,
         stores(config)?,
         archiver_config(config),
-        on_delete,
-    ))
+        syslog_hook(syslog.clone()),
+    )
+    .with_move_hook(syslog_move_hook(syslog.clone())))
 }
 
-/// Records a pass's moves in the system log (queued) and its failures in the service log.
-pub fn report_pass(syslog: &SystemLog, report: &PassReport) {
+fn move_record(m: &SegmentMove) -> SystemRecord {
+    let (tenant, environment) = split_origin(&m.origin);
+    let mut attributes = BTreeMap::new();
+    attributes.insert("start".into(), m.start.to_string());
+    attributes.insert("end".into(), m.end.to_string());
+    attributes.insert("from".into(), m.from.to_string());
+    attributes.insert("to".into(), m.to.to_string());
+    attributes.insert("bytes".into(), m.bytes.to_string());
+    SystemRecord {
+        kind: EventKind::Retention,
+        environment: environment.to_owned(),
+        principal: ARCHIVER_PRINCIPAL.into(),
+        method: "archiver.move".into(),
+        decision: Decision::Allow,
+        reason: format!(
+            "segment {} [{}, {}) moves {} -> {} (its copy is written and verified; the move commits after this record)",
+            m.origin, m.start, m.end, m.from, m.to
+        ),
+        target: format!("{tenant}/{environment}"),
+        justification: String::new(),
+        attributes,
+    }
+}
+
+/// A hook that records each move durably in the system log before it commits; if the record
+/// cannot be written, the move does not happen (retried on the next pass). A move repeated
+/// after a crash between the record and the commit is recorded twice, never zero times.
+pub fn syslog_move_hook(syslog: Arc<SystemLog>) -> MoveHook {
+    Arc::new(move |m: SegmentMove| {
+        let syslog = syslog.clone();
+        Box::pin(async move {
+            syslog
+                .record(&move_record(&m))
+                .await
+                .map_err(|e| format!("cannot record the move in the system log: {e}"))
+        })
+    })
+}
+
+/// Logs a pass's moves and failures in the service log (the system log got each move from
+/// [`syslog_move_hook`] before it committed).
+pub fn report_pass(report: &PassReport) {
     for m in &report.moved {
-        let (tenant, environment) = split_origin(&m.origin);
-        let mut attributes = BTreeMap::new();
-        attributes.insert("start".into(), m.start.to_string());
-        attributes.insert("end".into(), m.end.to_string());
-        attributes.insert("from".into(), m.from.to_string());
-        attributes.insert("to".into(), m.to.to_string());
-        attributes.insert("bytes".into(), m.bytes.to_string());
-        syslog.record_later(&SystemRecord {
-            kind: EventKind::Retention,
-            environment: environment.to_owned(),
-            principal: ARCHIVER_PRINCIPAL.into(),
-            method: "archiver.move".into(),
-            decision: Decision::Allow,
-            reason: format!(
-                "segment {} [{}, {}) moved {} -> {} (verified before the source copy was removed)",
-                m.origin, m.start, m.end, m.from, m.to
-            ),
-            target: format!("{tenant}/{environment}"),
-            justification: String::new(),
-            attributes,
-        });
         tracing::info!(origin = %m.origin, start = m.start, end = m.end, from = %m.from, to = %m.to, bytes = m.bytes, "segment moved");
     }
     for f in &report.failures {
@@ -151,7 +174,6 @@ fn split_origin(origin: &str) -> (&str, &str) {
 /// Runs a pass every `interval` until `shutdown` flips to true.
 pub async fn run_loop(
     archiver: Arc<Archiver>,
-    syslog: Arc<SystemLog>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -163,7 +185,7 @@ pub async fn run_loop(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let report = archiver.pass(SystemClock.now_nanos()).await;
-        report_pass(&syslog, &report);
+        report_pass(&report);
     }
 }
 
@@ -180,11 +202,11 @@ pub async fn archive_once(
     let (ledger, _store) = crate::open::open_ledger(config)?;
     let ledger = Arc::new(ledger);
     let syslog = SystemLog::start(ledger.clone(), config.auth.default_environment.clone());
-    let archiver = archiver(config, ledger.clone(), syslog_hook(syslog.clone()))?;
+    let archiver = archiver(config, ledger.clone(), &syslog)?;
     let report = archiver
         .move_down(to, older_than, SystemClock.now_nanos())
         .await;
-    report_pass(&syslog, &report);
+    report_pass(&report);
     let mut lines = Vec::new();
     for m in &report.moved {
         lines.push(format!(

@@ -41,6 +41,7 @@ fn segments_move_hot_warm_cold_and_read_the_same() {
     let gateway = ledger.token("gateway", &["acme"], &["prod"], None);
     let investigator = ledger.token("investigator", &["acme"], &["prod"], None);
     let admin = ledger.token("admin", &["acme"], &["prod"], None);
+    let system_admin = ledger.token("admin", &["_system"], &["prod"], None);
     let keys = ledger.keys();
     let archive = |tier: &str| {
         let (ok, text) = cli(&[
@@ -122,6 +123,39 @@ fn segments_move_hot_warm_cold_and_read_the_same() {
 
     // Reads across tiers from the restarted server.
     let server = Server::start(&ledger);
+    // Every move is in the system log, recorded before it committed.
+    let moves = |events: &[pb::AuditEvent]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.tool_name == "archiver.move")
+            .map(|e| {
+                let a = &e.attributes;
+                format!(
+                    "{}-{} {}->{}",
+                    a.get("start").cloned().unwrap_or_default(),
+                    a.get("end").cloned().unwrap_or_default(),
+                    a.get("from").cloned().unwrap_or_default(),
+                    a.get("to").cloned().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    let events = rt().block_on(common::system_events(&server, &system_admin, |events| {
+        moves(events).len() >= 5
+    }));
+    let mut logged = moves(&events);
+    logged.sort();
+    assert_eq!(
+        logged,
+        [
+            "0-256 hot->warm",
+            "0-256 warm->cold",
+            "256-512 hot->warm",
+            "256-512 warm->cold",
+            "512-768 hot->warm"
+        ],
+        "{events:#?}"
+    );
     rt().block_on(async {
         let mut log = server.log().await;
         // Wait for a checkpoint covering everything.
