@@ -18,4 +18,6 @@ echo "== cargo test" >&2
 cargo test --workspace --all-targets --locked
 echo "== doc tests" >&2
 cargo test --workspace --doc --locked
+echo "== fuzz targets, 5 s each (scripts/fuzz.sh; own toolchain and target dir)" >&2
+scripts/fuzz.sh 5
 echo "all tests passed" >&2
