@@ -20,9 +20,10 @@ enum Rpc {
     ListLegalHolds,
     GetTierStatus,
     Export,
+    FindEvents,
 }
 
-const RPCS: [Rpc; 9] = [
+const RPCS: [Rpc; 10] = [
     Rpc::Append,
     Rpc::GetCheckpoint,
     Rpc::GetInclusionProof,
@@ -32,6 +33,7 @@ const RPCS: [Rpc; 9] = [
     Rpc::ListLegalHolds,
     Rpc::GetTierStatus,
     Rpc::Export,
+    Rpc::FindEvents,
 ];
 
 /// Whether `role` may call `rpc` on its own tenant.
@@ -46,6 +48,7 @@ fn allowed(role: &str, rpc: Rpc) -> bool {
             matches!(role, "admin" | "compliance" | "auditor")
         }
         Rpc::Export => matches!(role, "compliance" | "admin"),
+        Rpc::FindEvents => matches!(role, "investigator" | "admin"),
     }
 }
 
@@ -196,6 +199,26 @@ async fn call(
             assert!(bytes > 1024, "an export of 3 leaves is a tar of a few KiB");
             Ok(None)
         }
+        Rpc::FindEvents => {
+            let mut investigate =
+                pb::investigate_client::InvestigateClient::new(server.channel().await);
+            let found = investigate
+                .find_events(authed(
+                    pb::FindEventsRequest {
+                        tenant_id: tenant.into(),
+                        environment: "prod".into(),
+                        user_id: "alice".into(),
+                        limit: 2,
+                        justification,
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner();
+            assert_eq!(found.events.len(), 2, "the matrix log has events of alice");
+            Ok(None)
+        }
     }
 }
 
@@ -294,7 +317,7 @@ fn every_role_every_rpc_own_and_other_tenant() {
                 .count()
         };
         let events = common::system_events(&server, &sys_admin, |e| {
-            denied(e).len() >= denials && justified_reads(e) >= 4
+            denied(e).len() >= denials && justified_reads(e) >= 6
         })
         .await;
         assert!(events.iter().all(|ev| ev.tenant_id == "_system"));
@@ -321,7 +344,7 @@ fn every_role_every_rpc_own_and_other_tenant() {
         );
         // Reads of contents are recorded too, with their justification.
         let reads = justified_reads(&events);
-        // investigator + admin: GetInclusionProof and GetEntries each.
-        assert_eq!(reads, 4, "content reads recorded with justification");
+        // investigator + admin: GetInclusionProof, GetEntries and FindEvents each.
+        assert_eq!(reads, 6, "content reads recorded with justification");
     });
 }
