@@ -555,7 +555,8 @@ async fn the_move_hook_runs_before_each_move_commits_and_can_refuse_it() {
     let log = ledger.log("acme", "prod").unwrap();
     let stores = file_stores(dir.path());
     // (move, tier of the segment's record when the hook ran)
-    let seen: Arc<Mutex<Vec<(SegmentMove, Option<Tier>)>>> = Arc::default();
+    type Seen = Vec<(SegmentMove, Option<Tier>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let hook: MoveHook = {
         let (seen, refuse, log) = (seen.clone(), refuse.clone(), log.clone());
@@ -599,7 +600,7 @@ async fn the_move_hook_runs_before_each_move_commits_and_can_refuse_it() {
     assert_eq!(report.moved.len(), 2, "{report:?}");
     let report = archiver.move_down(Tier::Cold, Duration::ZERO, now()).await;
     assert_eq!(report.moved.len(), 2, "{report:?}");
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     // Two refused, two hot -> warm, two warm -> cold; each hook call saw the source tier.
     assert_eq!(seen.len(), 6, "{seen:?}");
     for (m, tier_then) in seen.iter() {
