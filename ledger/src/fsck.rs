@@ -9,6 +9,7 @@ use crate::event::{self, EventId};
 use crate::layout::{self, FORMAT_VERSION, LogId, LogRecord, LogState, Space, TileView};
 use crate::merkle::{self, Hash, leaf_hash};
 use crate::note::VerifierKey;
+use crate::query::IndexedField;
 use crate::segments::SegmentRecord;
 use crate::store::{Direction, Store, StoreError};
 use std::sync::Arc;
@@ -116,6 +117,7 @@ pub fn check(store: &dyn Store, verifiers: &[VerifierKey]) -> Result<FsckReport,
         Space::EventIds,
         Space::LeafHashes,
         Space::Checkpoints,
+        Space::Fields,
     ] {
         let mut orphan = None;
         store.scan(
@@ -193,6 +195,14 @@ fn check_log(
             return Ok(report);
         }
     };
+    let fields_from = match fields_from(store, log_id)? {
+        Ok(f) => f,
+        Err(problem) => {
+            report.problem = Some(problem);
+            return Ok(report);
+        }
+    };
+    let mut field_entries = 0u64;
     let edge = match check_leaves_and_tiles(
         store,
         log_id,
@@ -201,6 +211,8 @@ fn check_log(
         indexed,
         &segments,
         &mut report,
+        fields_from,
+        &mut field_entries,
     )? {
         Ok(edge) => Arc::new(edge),
         Err(problem) => {
@@ -246,6 +258,19 @@ fn check_log(
         }
     }
     if let Err(problem) = check_event_id_targets(store, log_id, state.tree_size)? {
+        report.problem = Some(problem);
+        return Ok(report);
+    }
+    if let Some(from) = fields_from
+        && let Err(problem) = check_field_index(
+            store,
+            log_id,
+            state.tree_size,
+            from,
+            &segments,
+            field_entries,
+        )?
+    {
         report.problem = Some(problem);
         return Ok(report);
     }
@@ -366,6 +391,7 @@ fn load_segments(
     Ok(Ok(out))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_leaves_and_tiles(
     store: &dyn Store,
     log_id: LogId,
@@ -374,6 +400,8 @@ fn check_leaves_and_tiles(
     indexed: u64,
     segments: &[SegmentRecord],
     report: &mut LogReport,
+    fields_from: Option<u64>,
+    field_entries: &mut u64,
 ) -> Result<Result<EdgeSnapshot, String>, StoreError> {
     let mut edge = TileEdge::new();
     let mut last_logged_at = 0u64;
@@ -434,13 +462,21 @@ fn check_leaves_and_tiles(
         }
         let mut ids = Vec::with_capacity(leaves.len());
         let mut hashes = Vec::with_capacity(leaves.len());
+        let mut field_keys = Vec::new();
         for (index, leaf) in &leaves {
-            match check_leaf(record, *index, leaf, &mut last_logged_at) {
+            let want_fields = fields_from
+                .filter(|from| index >= from)
+                .map(|_| (log_id, &mut field_keys));
+            match check_leaf(record, *index, leaf, &mut last_logged_at, want_fields) {
                 Ok(id) => ids.push(id),
                 Err(p) => return Ok(Err(p)),
             }
             hashes.push(leaf_hash(leaf));
         }
+        if let Err(p) = check_field_entries(store, &field_keys)? {
+            return Ok(Err(p));
+        }
+        *field_entries += field_keys.len() as u64;
         let id_keys: Vec<[u8; 20]> = ids
             .iter()
             .map(|id| layout::event_id_key(log_id, &id.0))
@@ -612,6 +648,7 @@ fn check_leaf(
     index: u64,
     leaf: &[u8],
     last_logged_at: &mut u64,
+    field_keys: Option<(LogId, &mut Vec<[u8; layout::FIELD_KEY_LEN]>)>,
 ) -> Result<EventId, String> {
     let bad = |m: String| format!("leaf {index}: {m}");
     let decoded = event::decode_leaf_strict(leaf).map_err(|e| bad(e.to_string()))?;
@@ -632,7 +669,108 @@ fn check_leaf(
         )));
     }
     *last_logged_at = decoded.logged_at;
+    if let Some((log_id, keys)) = field_keys {
+        for f in IndexedField::HOT_INDEXED {
+            let value = f.value_in(ev);
+            if !value.is_empty() {
+                keys.push(layout::field_index_key(
+                    log_id,
+                    f.tag(),
+                    &layout::field_value_hash(value),
+                    index,
+                ));
+            }
+        }
+    }
     EventId::parse(&ev.event_id).map_err(|e| bad(format!("event_id: {e}")))
+}
+
+/// Where the search index starts for this log (`None`: a data directory from before the
+/// index, not yet opened by a build that has it — nothing to check).
+fn fields_from(store: &dyn Store, log_id: LogId) -> Result<Result<Option<u64>, String>, StoreError> {
+    Ok(match store.get(Space::Meta, &layout::meta_fields_from_key(log_id))? {
+        None => Ok(None),
+        Some(v) => layout::decode_u64(&v)
+            .map(Some)
+            .ok_or_else(|| "search index start record is not 8 bytes".to_owned()),
+    })
+}
+
+/// The search-index entries the hot leaves of a chunk must have are there.
+fn check_field_entries(store: &dyn Store, keys: &[[u8; layout::FIELD_KEY_LEN]]) -> Check {
+    let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    let mut problem = None;
+    store.multi_get(Space::Fields, &refs, &mut |i, value| {
+        if problem.is_none() && value.is_none() {
+            let (_, tag, _, leaf) = layout::parse_field_index_key(&keys[i]).unwrap_or_default();
+            let field = IndexedField::from_tag(tag).map_or("?", IndexedField::column);
+            problem = Some(format!("leaf {leaf}: search index entry for {field} missing"));
+        }
+    })?;
+    Ok(problem.map_or(Ok(()), Err))
+}
+
+/// Every search-index entry of the log names a hot-indexed field and a leaf below the tree
+/// size; the entries of hot leaves (from `from` on) number exactly `expected_hot` — the entries
+/// their contents call for, each found present during the leaf walk — so none is stray or
+/// points to a leaf whose field hashes differently. Entries of archived leaves can only be
+/// checked for shape here (their contents are the archive's). One sequential scan.
+fn check_field_index(
+    store: &dyn Store,
+    log_id: LogId,
+    tree_size: u64,
+    from: u64,
+    segments: &[SegmentRecord],
+    expected_hot: u64,
+) -> Check {
+    let released: Vec<(u64, u64)> = segments
+        .iter()
+        .filter(|s| s.hot_released)
+        .map(|s| (s.start, s.end()))
+        .collect();
+    let (start, end) = layout::log_range(log_id);
+    let mut hot = 0u64;
+    let mut bad = None;
+    store.scan(
+        Space::Fields,
+        &start,
+        end.as_ref().map(|e| &e[..]),
+        Direction::Forward,
+        &mut |k, v| {
+            let Some((_, tag, _, leaf)) = layout::parse_field_index_key(k) else {
+                bad = Some(format!("search index key {} is malformed", hex::encode(k)));
+                return false;
+            };
+            if !v.is_empty() || !IndexedField::HOT_INDEXED.iter().any(|f| f.tag() == tag) {
+                bad = Some(format!(
+                    "search index entry {} has an unknown field tag or a value",
+                    hex::encode(k)
+                ));
+                return false;
+            }
+            if leaf >= tree_size {
+                bad = Some(format!(
+                    "search index entry {} points to leaf {leaf}, beyond the tree size {tree_size}",
+                    hex::encode(k)
+                ));
+                return false;
+            }
+            if leaf >= from && !released.iter().any(|(a, b)| (*a..*b).contains(&leaf)) {
+                hot += 1;
+            }
+            true
+        },
+    )?;
+    if let Some(b) = bad {
+        return Ok(Err(b));
+    }
+    if hot != expected_hot {
+        return Ok(Err(format!(
+            "search index has {hot} entries for hot leaves whose fields call for {expected_hot} \
+             (stray entries, or entries whose field value does not hash to the key)"
+        )));
+    }
+    Ok(Ok(()))
 }
 
 fn compare_tile(
@@ -767,4 +905,165 @@ fn check_checkpoints(
         previous = Some(cp);
     }
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod search_index_tests {
+    use std::sync::{Arc, RwLock};
+
+    use super::*;
+    use crate::event::{AuditEvent, EventKind};
+    use crate::keys::Keyring;
+    use crate::note::SignerKey;
+    use crate::query::Order;
+    use crate::store::WriteBatch;
+    use crate::store::memory::MemoryStore;
+    use crate::{Ledger, LedgerOptions};
+
+    fn signer() -> SignerKey {
+        SignerKey::from_seed("auditledger.local", &[9u8; 32]).unwrap()
+    }
+
+    fn open(store: &Arc<dyn Store>) -> Ledger {
+        let mut ring = Keyring::default();
+        ring.add_existing(signer(), None, 0);
+        Ledger::open(
+            store.clone(),
+            Arc::new(RwLock::new(ring)),
+            LedgerOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn event(n: u64) -> AuditEvent {
+        AuditEvent {
+            event_id: format!("01936f0e-7a2b-7c3d-8e4f-{n:012x}"),
+            event_kind: EventKind::ToolCall as i32,
+            tenant_id: "acme".into(),
+            environment: "prod".into(),
+            occurred_at: 1_763_700_000_000_000_000 + n,
+            tool_name: "t".into(),
+            user_id: format!("user-{}", n % 13),
+            session_id: if n % 2 == 0 { format!("s-{}", n % 5) } else { String::new() },
+            ..Default::default()
+        }
+    }
+
+    fn problems(store: &Arc<dyn Store>) -> String {
+        check(store.as_ref(), &[signer().verifier()])
+            .unwrap()
+            .problems()
+            .join("\n")
+    }
+
+    fn candidates(ledger: &Ledger, field: IndexedField, value: &str, order: Order) -> Vec<u64> {
+        ledger
+            .log("acme", "prod")
+            .unwrap()
+            .index_candidates(field, value, 0, u64::MAX, order, 1000)
+            .unwrap()
+    }
+
+    fn put(store: &Arc<dyn Store>, space: Space, key: &[u8]) {
+        let mut b = WriteBatch::new();
+        b.put(space, key.to_vec(), Vec::new());
+        store.write(b, true).unwrap();
+    }
+
+    fn delete(store: &Arc<dyn Store>, space: Space, key: &[u8]) {
+        let mut b = WriteBatch::new();
+        b.delete(space, key.to_vec());
+        store.write(b, true).unwrap();
+    }
+
+    #[test]
+    fn appends_index_fields_and_fsck_checks_the_entries() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let ledger = open(&store);
+        ledger
+            .append_blocking("gw", &(0..300).map(event).collect::<Vec<_>>())
+            .unwrap();
+        let want: Vec<u64> = (0..300).filter(|n| n % 13 == 3).collect();
+        assert_eq!(
+            candidates(&ledger, IndexedField::UserId, "user-3", Order::OldestFirst),
+            want
+        );
+        let mut rev = want.clone();
+        rev.reverse();
+        assert_eq!(
+            candidates(&ledger, IndexedField::UserId, "user-3", Order::NewestFirst),
+            rev
+        );
+        // Empty values are not indexed; bounds and max are honoured.
+        assert!(candidates(&ledger, IndexedField::SessionId, "", Order::OldestFirst).is_empty());
+        let log = ledger.log("acme", "prod").unwrap();
+        assert_eq!(
+            log.index_candidates(IndexedField::SessionId, "s-2", 10, 40, Order::OldestFirst, 2)
+                .unwrap(),
+            [12, 22]
+        );
+        assert_eq!(
+            log.index_candidates(IndexedField::EventId, &event(7).event_id, 0, 300, Order::NewestFirst, 5)
+                .unwrap(),
+            [7]
+        );
+        ledger.close().unwrap();
+        assert_eq!(problems(&store), "");
+
+        // A missing entry, a stray one (leaf 5 is not user-3's), one beyond the tree.
+        let user3 = layout::field_value_hash("user-3");
+        let key = |leaf| layout::field_index_key(0, IndexedField::UserId.tag(), &user3, leaf);
+        delete(&store, Space::Fields, &key(3));
+        assert!(
+            problems(&store).contains("leaf 3: search index entry for user_id missing"),
+            "{}",
+            problems(&store)
+        );
+        put(&store, Space::Fields, &key(3));
+        put(&store, Space::Fields, &key(5));
+        assert!(problems(&store).contains("stray entries"), "{}", problems(&store));
+        delete(&store, Space::Fields, &key(5));
+        put(&store, Space::Fields, &key(300));
+        assert!(
+            problems(&store).contains("beyond the tree size 300"),
+            "{}",
+            problems(&store)
+        );
+        delete(&store, Space::Fields, &key(300));
+        assert_eq!(problems(&store), "");
+    }
+
+    #[test]
+    fn a_data_dir_from_before_the_index_is_indexed_at_open() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let ledger = open(&store);
+        ledger
+            .append_blocking("gw", &(0..200).map(event).collect::<Vec<_>>())
+            .unwrap();
+        let before = candidates(&ledger, IndexedField::UserId, "user-4", Order::OldestFirst);
+        assert!(!before.is_empty());
+        ledger.close().unwrap();
+        // Remove every trace of the index, as in a data directory written before it.
+        let mut keys = Vec::new();
+        store
+            .scan(Space::Fields, &[], None, Direction::Forward, &mut |k, _| {
+                keys.push(k.to_vec());
+                true
+            })
+            .unwrap();
+        assert!(!keys.is_empty());
+        for k in &keys {
+            delete(&store, Space::Fields, k);
+        }
+        delete(&store, Space::Meta, &layout::meta_fields_from_key(0));
+        assert_eq!(problems(&store), "", "no index yet is not a problem");
+        let ledger = open(&store);
+        assert_eq!(ledger.log("acme", "prod").unwrap().fields_indexed_from().unwrap(), 0);
+        assert_eq!(
+            candidates(&ledger, IndexedField::UserId, "user-4", Order::OldestFirst),
+            before
+        );
+        ledger.close().unwrap();
+        assert_eq!(problems(&store), "");
+    }
 }
