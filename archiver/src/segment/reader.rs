@@ -171,6 +171,7 @@ impl SegmentReader {
             .await
             .map_err(|e| SegmentError::parquet(expected, "not a readable Parquet file", e))?;
         let info = read_info(&metadata, expected, source.size())?;
+        check_chunks(&metadata, expected, source.size())?;
         check_column(&metadata, expected, column::LEAF_INDEX, &DataType::UInt64)?;
         check_column(
             &metadata,
@@ -470,6 +471,39 @@ impl SegmentReader {
             .await
             .map_err(|e| SegmentError::parquet(self.id(), "reading a bloom filter", e))
     }
+}
+
+/// Checks that every column chunk lies inside the file. The Parquet reader asserts this and
+/// panics on a negative offset or length (`ColumnChunkMetaData::byte_range`); a segment
+/// object is untrusted input and must fail with an error instead.
+fn check_chunks(
+    metadata: &ArrowReaderMetadata,
+    expected: &SegmentId,
+    file_size: u64,
+) -> Result<(), SegmentError> {
+    for (g, group) in metadata.metadata().row_groups().iter().enumerate() {
+        for chunk in group.columns() {
+            let start = chunk
+                .dictionary_page_offset()
+                .unwrap_or_else(|| chunk.data_page_offset());
+            let len = chunk.compressed_size();
+            let end = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(s, l)| s.checked_add(l));
+            if end.is_none_or(|end| end > file_size) {
+                return Err(SegmentError::parquet(
+                    expected,
+                    "column chunk outside the file",
+                    ParquetError::General(format!(
+                        "row group {g}, column {}: offset {start}, length {len}, file {file_size} bytes",
+                        chunk.column_path()
+                    )),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decodes the file metadata and checks it names the expected segment.
@@ -909,4 +943,26 @@ where
     let (sink, summary) = writer.finish()?;
     debug_assert_eq!(summary.root, root);
     Ok((sink, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn column_chunk_outside_the_file_is_an_error() {
+        // Found by fuzz/fuzz_targets/segment_reader.rs: a segment whose footer gives a column
+        // chunk a negative offset made the Parquet reader panic on the first read.
+        let input =
+            include_bytes!("../../../fuzz/corpus/segment_reader/regress-negative-chunk-offset");
+        let id = SegmentId::new("auditledger.fuzz/acme/prod", 8, 3).unwrap();
+        let err = match SegmentReader::from_bytes(Bytes::from_static(&input[1..]), &id).await {
+            Ok(reader) => reader.verify(&[0; 32]).await.map(|_| ()).unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(
+            err.to_string().contains("column chunk outside the file"),
+            "{err}"
+        );
+    }
 }
