@@ -335,7 +335,8 @@ fn proto_tier(t: auditledger_ledger::segments::Tier) -> pb::Tier {
     }
 }
 
-/// Judges leaves `[a, b)` in `order` by reading them (hot chunks, archived segments whole).
+/// Judges leaves `[a, b)` in `order`: hot leaves in chunks, archived segments through the
+/// archiver's pruned segment search.
 async fn scan_range(
     s: &AppState,
     judge: &mut Judge<'_>,
@@ -347,7 +348,56 @@ async fn scan_range(
     let seg = 1u64 << log.segment_bits();
     let (mut lo, mut hi) = (a, b);
     while lo < hi && !judge.full() {
-        // The next chunk in `order`, inside one segment.
+        let frontier = match order {
+            Order::OldestFirst => lo,
+            Order::NewestFirst => hi - 1,
+        };
+        let record = log
+            .segment_of(frontier)
+            .map_err(status::from_ledger)?
+            .filter(|r| r.hot_released);
+        if let Some(r) = record {
+            // The rest of this archived segment inside [lo, hi), pruned by the archiver
+            // (time range, row-group statistics, bloom filters); re-judged here like every
+            // other candidate, so the tiers cannot disagree.
+            let (x, y) = (lo.max(r.start), hi.min(r.end()));
+            let resume_after = match order {
+                Order::OldestFirst => (x > r.start).then(|| x - 1),
+                Order::NewestFirst => (y < r.end()).then_some(y),
+            };
+            let rows = s
+                .archiver
+                .reader()
+                .find_in_segment(
+                    log,
+                    &r,
+                    judge.filter,
+                    order,
+                    resume_after,
+                    judge.want - judge.found.len(),
+                )
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "{}: searching archived leaves [{x}, {y}): {e}",
+                        log.origin()
+                    ))
+                })?;
+            let tier = proto_tier(r.tier);
+            for (index, hash, content) in rows {
+                if !(x..y).contains(&index) || judge.full() {
+                    break;
+                }
+                let bytes = content.bytes().map(<[u8]>::to_vec);
+                judge.judge(index, hash.to_vec(), bytes, tier)?;
+            }
+            match order {
+                Order::OldestFirst => lo = y,
+                Order::NewestFirst => hi = x,
+            }
+            continue;
+        }
+        // A chunk of hot leaves, inside one segment.
         let (x, y) = match order {
             Order::OldestFirst => {
                 let seg_end = (lo / seg + 1) * seg;
@@ -358,60 +408,30 @@ async fn scan_range(
                 (lo.max(hi.saturating_sub(CHUNK)).max(seg_start), hi)
             }
         };
-        let record = log
-            .segment_of(x)
-            .map_err(status::from_ledger)?
-            .filter(|r| r.hot_released);
         let mut leaves: Vec<(u64, Vec<u8>, Option<Vec<u8>>, pb::Tier)> = Vec::new();
-        if let Some(r) = record {
-            if r.newest < judge.filter.from_time
-                || (judge.filter.to_time != 0 && r.oldest >= judge.filter.to_time)
+        log.scan_leaves(x, y, &mut |index, leaf| {
+            leaves.push((
+                index,
+                auditledger_ledger::merkle::leaf_hash(leaf).to_vec(),
+                Some(leaf.to_vec()),
+                pb::Tier::Hot,
+            ));
+            true
+        })
+        .map_err(status::from_ledger)?;
+        if leaves.len() as u64 != y - x {
+            // Released between the record check and the scan: read again, archived.
+            if log
+                .segment_of(x)
+                .map_err(status::from_ledger)?
+                .is_some_and(|r| r.hot_released)
             {
-                // Outside the window (only at the window's edges, which the leaf range
-                // already trims; kept as a cheap guard).
-            } else {
-                let tier = proto_tier(r.tier);
-                let rows = s
-                    .archiver
-                    .reader()
-                    .archived_range(log, x, y)
-                    .await
-                    .map_err(|e| {
-                        Status::unavailable(format!(
-                            "{}: reading archived leaves [{x}, {y}): {e}",
-                            log.origin()
-                        ))
-                    })?;
-                for (index, hash, content) in rows {
-                    let bytes = content.bytes().map(<[u8]>::to_vec);
-                    leaves.push((index, hash.to_vec(), bytes, tier));
-                }
+                continue;
             }
-        } else {
-            log.scan_leaves(x, y, &mut |index, leaf| {
-                leaves.push((
-                    index,
-                    auditledger_ledger::merkle::leaf_hash(leaf).to_vec(),
-                    Some(leaf.to_vec()),
-                    pb::Tier::Hot,
-                ));
-                true
-            })
-            .map_err(status::from_ledger)?;
-            if leaves.len() as u64 != y - x {
-                // Released between the record check and the scan: read again, archived.
-                if log
-                    .segment_of(x)
-                    .map_err(status::from_ledger)?
-                    .is_some_and(|r| r.hot_released)
-                {
-                    continue;
-                }
-                return Err(Status::data_loss(format!(
-                    "{}: hot leaves [{x}, {y}) are incomplete and not archived",
-                    log.origin()
-                )));
-            }
+            return Err(Status::data_loss(format!(
+                "{}: hot leaves [{x}, {y}) are incomplete and not archived",
+                log.origin()
+            )));
         }
         if order == Order::NewestFirst {
             leaves.reverse();
@@ -767,26 +787,42 @@ fn row(found: &pb::FoundEvent) -> anyhow::Result<Vec<String>> {
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("the server sent a result without an entry"))?;
     let tier = pb::Tier::try_from(entry.tier)
-        .map(|t| t.as_str_name().trim_start_matches("TIER_").to_ascii_lowercase())
+        .map(|t| {
+            t.as_str_name()
+                .trim_start_matches("TIER_")
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     if entry.content_expired {
-        let mut r = vec![entry.leaf_index.to_string(), String::new(), "(content expired)".into()];
+        let mut r = vec![
+            entry.leaf_index.to_string(),
+            String::new(),
+            "(content expired)".into(),
+        ];
         r.resize(COLUMNS.len() - 1, String::new());
         r.push(tier);
         return Ok(r);
     }
-    let record = decode_leaf(&entry.leaf)
-        .map_err(|e| anyhow::anyhow!("leaf {}: {e}", entry.leaf_index))?;
+    let record =
+        decode_leaf(&entry.leaf).map_err(|e| anyhow::anyhow!("leaf {}: {e}", entry.leaf_index))?;
     let e = record.event.unwrap_or_default();
     let logged_at = humantime::format_rfc3339_nanos(
         std::time::UNIX_EPOCH + std::time::Duration::from_nanos(record.logged_at),
     )
     .to_string();
     let kind = EventKind::try_from(e.event_kind)
-        .map(|k| k.as_str_name().trim_start_matches("EVENT_KIND_").to_ascii_lowercase())
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("EVENT_KIND_")
+                .to_ascii_lowercase()
+        })
         .unwrap_or_else(|_| e.event_kind.to_string());
     let decision = Decision::try_from(e.decision)
-        .map(|d| d.as_str_name().trim_start_matches("DECISION_").to_ascii_lowercase())
+        .map(|d| {
+            d.as_str_name()
+                .trim_start_matches("DECISION_")
+                .to_ascii_lowercase()
+        })
         .unwrap_or_else(|_| e.decision.to_string());
     Ok(vec![
         entry.leaf_index.to_string(),
@@ -914,7 +950,11 @@ pub async fn find_events_cli(
         };
         writeln!(out, "{}", line(shown.iter().map(|&c| COLUMNS[c]).collect()))?;
         for r in &rows {
-            writeln!(out, "{}", line(shown.iter().map(|&c| r[c].as_str()).collect()))?;
+            writeln!(
+                out,
+                "{}",
+                line(shown.iter().map(|&c| r[c].as_str()).collect())
+            )?;
         }
     }
     Ok(count)
