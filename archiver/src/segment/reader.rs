@@ -482,7 +482,8 @@ fn check_chunks(
     file_size: u64,
 ) -> Result<(), SegmentError> {
     for (g, group) in metadata.metadata().row_groups().iter().enumerate() {
-        for chunk in group.columns() {
+        let page_index = metadata.metadata().page_index_for_row_group(g);
+        for (c, chunk) in group.columns().iter().enumerate() {
             let start = chunk
                 .dictionary_page_offset()
                 .unwrap_or_else(|| chunk.data_page_offset());
@@ -491,7 +492,7 @@ fn check_chunks(
                 .ok()
                 .zip(u64::try_from(len).ok())
                 .and_then(|(s, l)| s.checked_add(l));
-            if end.is_none_or(|end| end > file_size) {
+            let Some(end) = end.filter(|end| *end <= file_size) else {
                 return Err(SegmentError::parquet(
                     expected,
                     "column chunk outside the file",
@@ -500,6 +501,27 @@ fn check_chunks(
                         chunk.column_path()
                     )),
                 ));
+            };
+            // The reader subtracts the chunk start from page offsets (and panics on
+            // underflow): every page of the offset index must lie inside its chunk.
+            for page in page_index.page_locations(c).into_iter().flatten() {
+                let page_end = u64::try_from(page.offset)
+                    .ok()
+                    .filter(|offset| *offset >= start as u64)
+                    .zip(u64::try_from(page.compressed_page_size).ok())
+                    .and_then(|(o, l)| o.checked_add(l));
+                if page_end.is_none_or(|page_end| page_end > end) {
+                    return Err(SegmentError::parquet(
+                        expected,
+                        "page index entry outside its column chunk",
+                        ParquetError::General(format!(
+                            "row group {g}, column {}: page at offset {}, {} bytes; chunk [{start}, {end})",
+                            chunk.column_path(),
+                            page.offset,
+                            page.compressed_page_size
+                        )),
+                    ));
+                }
             }
         }
     }
@@ -948,6 +970,51 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn page_index_entry_outside_its_chunk_is_an_error() {
+        // Found by fuzz/fuzz_targets/segment_reader.rs: two byte edits of a real segment (the
+        // target's odd mode) left an offset-index page before its column chunk, and the
+        // Parquet reader panicked subtracting the chunk start from it.
+        use auditledger_ledger::event::{AuditEvent, EventKind, encode_event, encode_leaf};
+        let input = include_bytes!(
+            "../../../fuzz/corpus/segment_reader/regress-page-location-before-chunk"
+        );
+        let id = SegmentId::new("auditledger.fuzz/acme/prod", 8, 3).unwrap();
+        let leaves: Vec<Vec<u8>> = (8..16u64)
+            .map(|i| {
+                let event = AuditEvent {
+                    event_id: format!("0190a8a0-0000-7000-8000-{i:012x}"),
+                    event_kind: EventKind::ToolCall as i32,
+                    tenant_id: "acme".into(),
+                    environment: "prod".into(),
+                    tool_name: format!("tool-{}", i % 3),
+                    ..Default::default()
+                };
+                encode_leaf(
+                    &encode_event(&event),
+                    1_795_000_000_000_000_000 + i,
+                    "gateway:fuzz",
+                )
+            })
+            .collect();
+        let (mut file, _) =
+            crate::segment::write_segment(id.clone(), &leaves, &WriteOptions::default()).unwrap();
+        assert_eq!(input[0] % 2, 1, "an edit-mode input");
+        for edit in input[1..].chunks_exact(3) {
+            let offset = usize::from(u16::from_le_bytes([edit[0], edit[1]])) % file.len();
+            file[offset] ^= edit[2];
+        }
+        // Opening refuses it (before the fix, the first read panicked).
+        let Err(err) = SegmentReader::from_bytes(Bytes::from(file), &id).await else {
+            panic!("a segment with a page outside its column chunk opened");
+        };
+        assert!(
+            err.to_string()
+                .contains("page index entry outside its column chunk"),
+            "{err}"
+        );
+    }
 
     #[tokio::test]
     async fn column_chunk_outside_the_file_is_an_error() {
