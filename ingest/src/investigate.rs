@@ -408,13 +408,13 @@ async fn scan_range(
                 (lo.max(hi.saturating_sub(CHUNK)).max(seg_start), hi)
             }
         };
-        let mut leaves: Vec<(u64, Vec<u8>, Option<Vec<u8>>, pb::Tier)> = Vec::new();
+        // (leaf index, leaf hash, leaf bytes)
+        let mut leaves: Vec<(u64, Vec<u8>, Vec<u8>)> = Vec::new();
         log.scan_leaves(x, y, &mut |index, leaf| {
             leaves.push((
                 index,
                 auditledger_ledger::merkle::leaf_hash(leaf).to_vec(),
-                Some(leaf.to_vec()),
-                pb::Tier::Hot,
+                leaf.to_vec(),
             ));
             true
         })
@@ -436,11 +436,11 @@ async fn scan_range(
         if order == Order::NewestFirst {
             leaves.reverse();
         }
-        for (index, hash, content, tier) in leaves {
+        for (index, hash, leaf) in leaves {
             if judge.full() {
                 break;
             }
-            judge.judge(index, hash, content, tier)?;
+            judge.judge(index, hash, Some(leaf), pb::Tier::Hot)?;
         }
         match order {
             Order::OldestFirst => lo = y,

@@ -210,7 +210,12 @@ struct FindArgs {
 }
 
 /// An enum value by its proto name, with or without the prefix, any case.
-fn proto_enum(flag: &str, value: &str, prefix: &str, names: &dyn Fn(&str) -> Option<i32>) -> anyhow::Result<i32> {
+fn proto_enum(
+    flag: &str,
+    value: &str,
+    prefix: &str,
+    names: &dyn Fn(&str) -> Option<i32>,
+) -> anyhow::Result<i32> {
     let upper = value.to_ascii_uppercase();
     names(&upper)
         .or_else(|| names(&format!("{prefix}{upper}")))

@@ -27,12 +27,16 @@ fn dataset_event(i: u64) -> pb::AuditEvent {
     } else {
         pb::EventKind::ToolCall
     } as i32;
-    e.decision = if i % 7 == 0 {
+    e.decision = if i.is_multiple_of(7) {
         pb::Decision::Deny
     } else {
         pb::Decision::Allow
     } as i32;
-    e.data_classification = if i % 11 == 0 { "pii".into() } else { String::new() };
+    e.data_classification = if i.is_multiple_of(11) {
+        "pii".into()
+    } else {
+        String::new()
+    };
     e
 }
 
@@ -246,9 +250,7 @@ fn check_queries(server: &Server, token: &str, sent: &[pb::AuditEvent], phase: &
     let mut tiers = Vec::new();
     rt().block_on(async {
         for (name, req, pred) in queries(&logged_at) {
-            let expected: Vec<u64> = (0..TOTAL)
-                .filter(|&i| pred(i, &sent[i as usize]))
-                .collect();
+            let expected: Vec<u64> = (0..TOTAL).filter(|&i| pred(i, &sent[i as usize])).collect();
             for newest_first in [false, true] {
                 let mut r = req.clone();
                 r.newest_first = newest_first;

@@ -687,13 +687,18 @@ fn check_leaf(
 
 /// Where the search index starts for this log (`None`: a data directory from before the
 /// index, not yet opened by a build that has it — nothing to check).
-fn fields_from(store: &dyn Store, log_id: LogId) -> Result<Result<Option<u64>, String>, StoreError> {
-    Ok(match store.get(Space::Meta, &layout::meta_fields_from_key(log_id))? {
-        None => Ok(None),
-        Some(v) => layout::decode_u64(&v)
-            .map(Some)
-            .ok_or_else(|| "search index start record is not 8 bytes".to_owned()),
-    })
+fn fields_from(
+    store: &dyn Store,
+    log_id: LogId,
+) -> Result<Result<Option<u64>, String>, StoreError> {
+    Ok(
+        match store.get(Space::Meta, &layout::meta_fields_from_key(log_id))? {
+            None => Ok(None),
+            Some(v) => layout::decode_u64(&v)
+                .map(Some)
+                .ok_or_else(|| "search index start record is not 8 bytes".to_owned()),
+        },
+    )
 }
 
 /// The search-index entries the hot leaves of a chunk must have are there.
@@ -704,7 +709,9 @@ fn check_field_entries(store: &dyn Store, keys: &[[u8; layout::FIELD_KEY_LEN]]) 
         if problem.is_none() && value.is_none() {
             let (_, tag, _, leaf) = layout::parse_field_index_key(&keys[i]).unwrap_or_default();
             let field = IndexedField::from_tag(tag).map_or("?", IndexedField::column);
-            problem = Some(format!("leaf {leaf}: search index entry for {field} missing"));
+            problem = Some(format!(
+                "leaf {leaf}: search index entry for {field} missing"
+            ));
         }
     })?;
     Ok(problem.map_or(Ok(()), Err))
@@ -944,7 +951,11 @@ mod search_index_tests {
             occurred_at: 1_763_700_000_000_000_000 + n,
             tool_name: "t".into(),
             user_id: format!("user-{}", n % 13),
-            session_id: if n % 2 == 0 { format!("s-{}", n % 5) } else { String::new() },
+            session_id: if n.is_multiple_of(2) {
+                format!("s-{}", n % 5)
+            } else {
+                String::new()
+            },
             ..Default::default()
         }
     }
@@ -998,13 +1009,27 @@ mod search_index_tests {
         assert!(candidates(&ledger, IndexedField::SessionId, "", Order::OldestFirst).is_empty());
         let log = ledger.log("acme", "prod").unwrap();
         assert_eq!(
-            log.index_candidates(IndexedField::SessionId, "s-2", 10, 40, Order::OldestFirst, 2)
-                .unwrap(),
+            log.index_candidates(
+                IndexedField::SessionId,
+                "s-2",
+                10,
+                40,
+                Order::OldestFirst,
+                2
+            )
+            .unwrap(),
             [12, 22]
         );
         assert_eq!(
-            log.index_candidates(IndexedField::EventId, &event(7).event_id, 0, 300, Order::NewestFirst, 5)
-                .unwrap(),
+            log.index_candidates(
+                IndexedField::EventId,
+                &event(7).event_id,
+                0,
+                300,
+                Order::NewestFirst,
+                5
+            )
+            .unwrap(),
             [7]
         );
         ledger.close().unwrap();
@@ -1021,7 +1046,11 @@ mod search_index_tests {
         );
         put(&store, Space::Fields, &key(3));
         put(&store, Space::Fields, &key(5));
-        assert!(problems(&store).contains("stray entries"), "{}", problems(&store));
+        assert!(
+            problems(&store).contains("stray entries"),
+            "{}",
+            problems(&store)
+        );
         delete(&store, Space::Fields, &key(5));
         put(&store, Space::Fields, &key(300));
         assert!(
@@ -1058,7 +1087,14 @@ mod search_index_tests {
         delete(&store, Space::Meta, &layout::meta_fields_from_key(0));
         assert_eq!(problems(&store), "", "no index yet is not a problem");
         let ledger = open(&store);
-        assert_eq!(ledger.log("acme", "prod").unwrap().fields_indexed_from().unwrap(), 0);
+        assert_eq!(
+            ledger
+                .log("acme", "prod")
+                .unwrap()
+                .fields_indexed_from()
+                .unwrap(),
+            0
+        );
         assert_eq!(
             candidates(&ledger, IndexedField::UserId, "user-4", Order::OldestFirst),
             before
