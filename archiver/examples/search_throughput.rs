@@ -183,151 +183,75 @@ async fn main() {
             "warm cache"
         };
         println!("-- reader {cache}, {n} lookups each, limit 100, newest first");
-        let f = EventFilter::default;
-        lookups(
-            "event_id present",
-            reader,
-            &log,
-            &record,
-            n,
-            cold_cache,
-            |i| {
-                (
-                    EventFilter {
-                        event_id: Some(event(i).event_id.clone()),
-                        ..f()
-                    },
-                    true,
-                )
-            },
-        )
-        .await;
-        lookups(
-            "event_id absent",
-            reader,
-            &log,
-            &record,
-            n,
-            cold_cache,
-            |i| {
-                (
-                    EventFilter {
-                        event_id: Some(absent(i)),
-                        ..f()
-                    },
-                    false,
-                )
-            },
-        )
-        .await;
-        lookups(
-            "session_id present",
-            reader,
-            &log,
-            &record,
-            n,
-            cold_cache,
-            |i| {
-                (
-                    EventFilter {
-                        session_id: Some(event(i).session_id.clone()),
-                        ..f()
-                    },
-                    true,
-                )
-            },
-        )
-        .await;
-        lookups(
-            "session_id absent",
-            reader,
-            &log,
-            &record,
-            n,
-            cold_cache,
-            |i| {
-                (
-                    EventFilter {
-                        session_id: Some(format!("session-0-{}x", i)),
-                        ..f()
-                    },
-                    false,
-                )
-            },
-        )
-        .await;
-        lookups(
-            "correlation_id present",
-            reader,
-            &log,
-            &record,
-            n,
-            cold_cache,
-            |i| {
-                (
-                    EventFilter {
-                        correlation_id: Some(event(i).correlation_id.clone()),
-                        ..f()
-                    },
-                    true,
-                )
-            },
-        )
-        .await;
-        lookups(
-            "correlation_id absent",
-            reader,
-            &log,
-            &record,
-            n,
-            cold_cache,
-            |i| {
-                (
-                    EventFilter {
-                        correlation_id: Some(format!("corr-{}x", i)),
-                        ..f()
-                    },
-                    false,
-                )
-            },
-        )
-        .await;
-        lookups(
-            "user_id present",
-            reader,
-            &log,
-            &record,
-            n,
-            cold_cache,
-            |i| {
-                (
-                    EventFilter {
-                        user_id: Some(event(i).user_id.clone()),
-                        ..f()
-                    },
-                    true,
-                )
-            },
-        )
-        .await;
-        lookups(
-            "user_id absent",
-            reader,
-            &log,
-            &record,
-            n,
-            cold_cache,
-            |i| {
-                (
-                    EventFilter {
-                        user_id: Some(format!("user-{}x@example.com", i % 97)),
-                        ..f()
-                    },
-                    false,
-                )
-            },
-        )
-        .await;
+        type Make<'a> = Box<dyn Fn(usize) -> EventFilter + 'a>;
+        /// A filter with one field, set by `set` to `value(i)`.
+        fn with<'a>(
+            set: fn(&mut EventFilter, String),
+            value: impl Fn(usize) -> String + 'a,
+        ) -> Make<'a> {
+            Box::new(move |i| {
+                let mut filter = EventFilter::default();
+                set(&mut filter, value(i));
+                filter
+            })
+        }
+        let cases: Vec<(&str, bool, Make<'_>)> = vec![
+            (
+                "event_id present",
+                true,
+                with(|f, v| f.event_id = Some(v), |i| event(i).event_id.clone()),
+            ),
+            (
+                "event_id absent",
+                false,
+                with(|f, v| f.event_id = Some(v), absent),
+            ),
+            (
+                "session_id present",
+                true,
+                with(
+                    |f, v| f.session_id = Some(v),
+                    |i| event(i).session_id.clone(),
+                ),
+            ),
+            (
+                "session_id absent",
+                false,
+                with(|f, v| f.session_id = Some(v), |i| format!("session-0-{i}x")),
+            ),
+            (
+                "correlation_id present",
+                true,
+                with(
+                    |f, v| f.correlation_id = Some(v),
+                    |i| event(i).correlation_id.clone(),
+                ),
+            ),
+            (
+                "correlation_id absent",
+                false,
+                with(|f, v| f.correlation_id = Some(v), |i| format!("corr-{i}x")),
+            ),
+            (
+                "user_id present",
+                true,
+                with(|f, v| f.user_id = Some(v), |i| event(i).user_id.clone()),
+            ),
+            (
+                "user_id absent",
+                false,
+                with(
+                    |f, v| f.user_id = Some(v),
+                    |i| format!("user-{}x@example.com", i % 97),
+                ),
+            ),
+        ];
+        for (name, present, make) in &cases {
+            lookups(name, reader, &log, &record, n, cold_cache, |i| {
+                (make(i), *present)
+            })
+            .await;
+        }
     }
 
     println!("-- time-range scans (warm cache), no limit, oldest first");

@@ -276,11 +276,13 @@ struct Candidate {
     values: Vec<Option<String>>,
 }
 
-fn string_column<'b>(
+/// Column `name` of `batch` as an array of type `A` (`expected` names the type in errors).
+fn typed_column<'b, A: Array + 'static>(
     id: &SegmentId,
     batch: &'b RecordBatch,
     name: &'static str,
-) -> Result<&'b StringArray, SegmentError> {
+    expected: &str,
+) -> Result<&'b A, SegmentError> {
     let array = batch
         .column_by_name(name)
         .ok_or_else(|| SegmentError::Schema {
@@ -290,33 +292,11 @@ fn string_column<'b>(
         })?;
     array
         .as_any()
-        .downcast_ref::<StringArray>()
+        .downcast_ref::<A>()
         .ok_or_else(|| SegmentError::Schema {
             segment: id.to_string(),
             column: name,
-            reason: format!("type {}, expected Utf8", array.data_type()),
-        })
-}
-
-fn u64_column<'b>(
-    id: &SegmentId,
-    batch: &'b RecordBatch,
-    name: &'static str,
-) -> Result<&'b UInt64Array, SegmentError> {
-    let array = batch
-        .column_by_name(name)
-        .ok_or_else(|| SegmentError::Schema {
-            segment: id.to_string(),
-            column: name,
-            reason: "missing".into(),
-        })?;
-    array
-        .as_any()
-        .downcast_ref::<UInt64Array>()
-        .ok_or_else(|| SegmentError::Schema {
-            segment: id.to_string(),
-            column: name,
-            reason: format!("type {}, expected UInt64", array.data_type()),
+            reason: format!("type {}, expected {expected}", array.data_type()),
         })
 }
 
@@ -336,12 +316,12 @@ async fn scan_row_group(
     let mut position = 0usize;
     while let Some(batch) = batches.next().await {
         let batch = batch?;
-        let leaf_index = u64_column(id, &batch, column::LEAF_INDEX)?;
-        let logged_at = u64_column(id, &batch, column::LOGGED_AT)?;
+        let leaf_index = typed_column::<UInt64Array>(id, &batch, column::LEAF_INDEX, "UInt64")?;
+        let logged_at = typed_column::<UInt64Array>(id, &batch, column::LOGGED_AT, "UInt64")?;
         let strings = plan
             .string_columns
             .iter()
-            .map(|(name, _)| string_column(id, &batch, name))
+            .map(|(name, _)| typed_column::<StringArray>(id, &batch, name, "Utf8"))
             .collect::<Result<Vec<_>, _>>()?;
         let wanted: Vec<(usize, &Option<String>)> = plan
             .conditions
