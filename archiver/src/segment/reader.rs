@@ -502,9 +502,32 @@ fn check_chunks(
                     )),
                 ));
             };
-            // The reader subtracts the chunk start from page offsets (and panics on
-            // underflow): every page of the offset index must lie inside its chunk.
+            // The reader subtracts the chunk start from page offsets and builds row ranges
+            // from consecutive first-row indexes (and panics on underflow): every page of the
+            // offset index must lie inside its chunk, after the previous page, and start at a
+            // row after the previous page's, the first at row 0, all inside the row group.
+            let rows = group.num_rows();
+            let mut previous: Option<(i64, i64)> = None;
             for page in page_index.page_locations(c).into_iter().flatten() {
+                let ordered = match previous {
+                    None => page.first_row_index == 0,
+                    Some((offset, first_row)) => {
+                        page.offset > offset && page.first_row_index > first_row
+                    }
+                };
+                if !ordered || page.first_row_index >= rows.max(1) {
+                    return Err(SegmentError::parquet(
+                        expected,
+                        "page index entries out of order",
+                        ParquetError::General(format!(
+                            "row group {g} ({rows} rows), column {}: page at offset {} starts at row {} (previous: {previous:?})",
+                            chunk.column_path(),
+                            page.offset,
+                            page.first_row_index
+                        )),
+                    ));
+                }
+                previous = Some((page.offset, page.first_row_index));
                 let page_end = u64::try_from(page.offset)
                     .ok()
                     .filter(|offset| *offset >= start as u64)
@@ -976,10 +999,31 @@ mod tests {
         // Found by fuzz/fuzz_targets/segment_reader.rs: two byte edits of a real segment (the
         // target's odd mode) left an offset-index page before its column chunk, and the
         // Parquet reader panicked subtracting the chunk start from it.
-        use auditledger_ledger::event::{AuditEvent, EventKind, encode_event, encode_leaf};
-        let input = include_bytes!(
+        let err = open_edited_segment(include_bytes!(
             "../../../fuzz/corpus/segment_reader/regress-page-location-before-chunk"
+        ))
+        .await;
+        assert!(
+            err.contains("page index entry outside its column chunk"),
+            "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn page_index_rows_out_of_order_is_an_error() {
+        // Found by the same target (in CI): an edit made a page's first row index go
+        // backwards, and the Parquet reader panicked building row ranges from it.
+        let err = open_edited_segment(include_bytes!(
+            "../../../fuzz/corpus/segment_reader/regress-page-rows-out-of-order"
+        ))
+        .await;
+        assert!(err.contains("page index entries out of order"), "{err}");
+    }
+
+    /// Rebuilds the fuzz target's real segment, applies an edit-mode input's byte edits, and
+    /// returns why opening it failed (panics if it opened).
+    async fn open_edited_segment(input: &[u8]) -> String {
+        use auditledger_ledger::event::{AuditEvent, EventKind, encode_event, encode_leaf};
         let id = SegmentId::new("auditledger.fuzz/acme/prod", 8, 3).unwrap();
         let leaves: Vec<Vec<u8>> = (8..16u64)
             .map(|i| {
@@ -1001,19 +1045,15 @@ mod tests {
         let (mut file, _) =
             crate::segment::write_segment(id.clone(), &leaves, &WriteOptions::default()).unwrap();
         assert_eq!(input[0] % 2, 1, "an edit-mode input");
-        for edit in input[1..].chunks_exact(3) {
+        for edit in input[1..].chunks_exact(3).take(64) {
             let offset = usize::from(u16::from_le_bytes([edit[0], edit[1]])) % file.len();
             file[offset] ^= edit[2];
         }
-        // Opening refuses it (before the fix, the first read panicked).
-        let Err(err) = SegmentReader::from_bytes(Bytes::from(file), &id).await else {
-            panic!("a segment with a page outside its column chunk opened");
-        };
-        assert!(
-            err.to_string()
-                .contains("page index entry outside its column chunk"),
-            "{err}"
-        );
+        // Before the fixes, opening succeeded and the first read panicked.
+        match SegmentReader::from_bytes(Bytes::from(file), &id).await {
+            Err(err) => err.to_string(),
+            Ok(_) => panic!("the damaged segment opened"),
+        }
     }
 
     #[tokio::test]
