@@ -89,9 +89,11 @@ for t in $targets; do
     mkdir -p "$scratch/$t" "fuzz/corpus/$t" fuzz/artifacts
     # New inputs go to the scratch dir (first corpus dir); the committed corpus is read only.
     # -malloc_limit_mb: any single allocation above 512 MiB is a bug (hostile sizes).
+    # -seed: fixed by default so a CI run explores the same inputs (a failure reproduces);
+    # set FUZZ_SEED to something else for exploratory runs.
     if ! fuzz run --debug-assertions --target-dir "$fuzz_target_dir" "$t" \
         "$scratch/$t" "$PWD/fuzz/corpus/$t" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 \
+        -max_total_time="$seconds" -seed="${FUZZ_SEED:-1}" -rss_limit_mb=2048 -malloc_limit_mb=512 \
         -print_final_stats=1 -artifact_prefix="$PWD/fuzz/artifacts/$t-" </dev/null; then
         failed+=("$t")
     fi
