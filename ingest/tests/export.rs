@@ -10,7 +10,7 @@ use std::process::Command;
 
 use auditledger_ledger::event::decode_leaf_strict;
 use auditledger_proto::v1 as pb;
-use common::{Ledger, Server, authed, cli, event, output, rt};
+use common::{Ledger, Server, authed, event, output, rt};
 
 fn verify(file: &Path, keys: &[String]) -> (bool, String) {
     let mut cmd = Command::new(Path::new(common::bin()).with_file_name("auditledger-verify"));
@@ -97,36 +97,22 @@ fn logged_at(server: &Server, investigator: &str, size: u64) -> Vec<u64> {
 #[test]
 fn exports_across_tiers_verify_offline() {
     let ledger = Ledger::init("ledger.segment_bits = 8\nledger.checkpoint_interval = \"50ms\"");
-    let config = ledger.config();
     let gateway = ledger.token("gateway", &["acme"], &["prod"], None);
     let compliance = ledger.token("compliance", &["acme"], &["prod"], None);
     let investigator = ledger.token("investigator", &["acme"], &["prod"], None);
     let system_admin = ledger.token("admin", &["_system"], &["prod"], None);
     let other_tenant = ledger.token("compliance", &["globex"], &["prod"], None);
     let keys: Vec<String> = ledger.keys().iter().map(ToString::to_string).collect();
-    let archive = |tier: &str| {
-        let (ok, text) = cli(&[
-            "archive",
-            "--once",
-            "--config",
-            &config,
-            "--tier",
-            tier,
-            "--older-than",
-            "0s",
-        ]);
-        assert!(ok, "archive {tier}: {text}");
-    };
     // [0, 512) cold, [512, 768) warm, [768, 800) hot.
     let server = Server::start(&ledger);
     append(&server, &gateway, 1, 512);
     assert!(server.stop());
-    archive("warm");
-    archive("cold");
+    ledger.archive("warm");
+    ledger.archive("cold");
     let server = Server::start(&ledger);
     append(&server, &gateway, 513, 288);
     assert!(server.stop());
-    archive("warm");
+    ledger.archive("warm");
     let server = Server::start(&ledger);
 
     let dir = tempfile::tempdir().unwrap();

@@ -281,20 +281,6 @@ fn find_events_across_tiers_with_isolation_audit_and_stable_pages() {
     let auditor = ledger.token("auditor", &["acme"], &["prod"], None);
     let system_admin = ledger.token("admin", &["_system"], &["prod"], None);
     let keys = ledger.keys();
-    let archive = |tier: &str| {
-        let (ok, text) = cli(&[
-            "archive",
-            "--once",
-            "--config",
-            &config,
-            "--tier",
-            tier,
-            "--older-than",
-            "0s",
-        ]);
-        assert!(ok, "archive --tier {tier}: {text}");
-        text
-    };
 
     let sent: Vec<pb::AuditEvent> = (0..TOTAL).map(dataset_event).collect();
     IDS.with(|l| *l.borrow_mut() = sent.iter().map(|e| e.event_id.clone()).collect());
@@ -554,7 +540,7 @@ fn find_events_across_tiers_with_isolation_audit_and_stable_pages() {
     assert!(server.stop());
 
     // Warm: segments [0, 256) and [256, 512) leave the hot tier.
-    let text = archive("warm");
+    let text = ledger.archive("warm");
     for range in ["[0, 256)", "[256, 512)"] {
         let line = format!("acme/prod {range} hot -> warm");
         assert!(text.contains(&line), "{line}: {text}");
@@ -565,7 +551,7 @@ fn find_events_across_tiers_with_isolation_audit_and_stable_pages() {
     assert!(server.stop());
 
     // Cold.
-    let text = archive("cold");
+    let text = ledger.archive("cold");
     for range in ["[0, 256)", "[256, 512)"] {
         let line = format!("acme/prod {range} warm -> cold");
         assert!(text.contains(&line), "{line}: {text}");

@@ -85,19 +85,6 @@ struct Built {
     export: PathBuf,
 }
 
-fn archive(config: &str, tier: &str) -> (bool, String) {
-    cli(&[
-        "archive",
-        "--once",
-        "--config",
-        config,
-        "--tier",
-        tier,
-        "--older-than",
-        "0s",
-    ])
-}
-
 fn build() -> Built {
     let ledger = Ledger::init(
         "ledger.segment_bits = 8\nledger.checkpoint_interval = \"50ms\"\ntiers.archive_interval = \"0s\"",
@@ -110,12 +97,12 @@ fn build() -> Built {
     let server = Server::start(&ledger);
     append(&server, &gateway, 1, 512);
     assert!(server.stop());
-    step("archive warm", archive(&config, "warm"));
-    step("archive cold", archive(&config, "cold"));
+    step("archive warm", common::archive_once(&config, "warm"));
+    step("archive cold", common::archive_once(&config, "cold"));
     let server = Server::start(&ledger);
     append(&server, &gateway, 513, 300);
     assert!(server.stop());
-    step("archive warm", archive(&config, "warm"));
+    step("archive warm", common::archive_once(&config, "warm"));
     let server = Server::start(&ledger);
     append(&server, &gateway, 813, 300);
     let export = ledger.dir.join("export.tar");
@@ -189,7 +176,7 @@ fn verify_export(file: &Path, keys: &[String]) -> Outcome {
 /// The archiver's verify step: a warm → cold pass reads every warm object back and checks it
 /// against its manifest and segment record before writing it to cold.
 fn archive_cold(dir: &Path) -> Outcome {
-    archive(dir.join("config.toml").to_str().unwrap(), "cold")
+    common::archive_once(dir.join("config.toml").to_str().unwrap(), "cold")
 }
 
 fn flip_file_byte(path: &Path, at: usize) {

@@ -43,38 +43,24 @@ fn segments_move_hot_warm_cold_and_read_the_same() {
     let admin = ledger.token("admin", &["acme"], &["prod"], None);
     let system_admin = ledger.token("admin", &["_system"], &["prod"], None);
     let keys = ledger.keys();
-    let archive = |tier: &str| {
-        let (ok, text) = cli(&[
-            "archive",
-            "--once",
-            "--config",
-            &config,
-            "--tier",
-            tier,
-            "--older-than",
-            "0s",
-        ]);
-        assert!(ok, "archive --tier {tier}: {text}");
-        text
-    };
 
     // Two segments, moved to warm and then to cold.
     let server = Server::start(&ledger);
     let mut sent = append(&server, &gateway, 1, 512);
     assert!(server.stop());
-    let text = archive("warm");
+    let text = ledger.archive("warm");
     assert!(text.contains("2 segment(s) moved to warm"), "{text}");
     assert!(text.contains("[0, 256) hot -> warm"), "{text}");
-    let text = archive("cold");
+    let text = ledger.archive("cold");
     assert!(text.contains("2 segment(s) moved to cold"), "{text}");
     // A third to warm; the partial tail stays hot.
     let server = Server::start(&ledger);
     sent.extend(append(&server, &gateway, 513, 261));
     assert!(server.stop());
-    let text = archive("warm");
+    let text = ledger.archive("warm");
     assert!(text.contains("1 segment(s) moved to warm"), "{text}");
     // Nothing left to do: a second pass moves nothing.
-    let text = archive("warm");
+    let text = ledger.archive("warm");
     assert!(text.contains("0 segment(s) moved to warm"), "{text}");
 
     let warm_dir = ledger.dir.join("warm/acme/prod/segments");

@@ -45,6 +45,20 @@ pub fn cli(args: &[&str]) -> (bool, String) {
     output(run(args, &[]))
 }
 
+/// `auditledger archive --once --config CONFIG --tier TIER --older-than 0s`; (exit 0, output).
+pub fn archive_once(config: &str, tier: &str) -> (bool, String) {
+    cli(&[
+        "archive",
+        "--once",
+        "--config",
+        config,
+        "--tier",
+        tier,
+        "--older-than",
+        "0s",
+    ])
+}
+
 /// A small multi-threaded runtime for a test's gRPC clients.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -76,6 +90,14 @@ impl Ledger {
             std::fs::write(&path, apply_overrides(&text, extra_config)).unwrap();
         }
         Ledger { tmp, dir }
+    }
+
+    /// One archiver pass moving every full segment one tier down to `tier` (server stopped);
+    /// asserts it succeeded and returns its output.
+    pub fn archive(&self, tier: &str) -> String {
+        let (ok, text) = archive_once(&self.config(), tier);
+        assert!(ok, "archive --tier {tier}: {text}");
+        text
     }
 
     pub fn config(&self) -> String {
