@@ -202,7 +202,7 @@ impl SegmentReader {
         &self,
         columns: &[&str],
         row_group: Option<(usize, RowSelection)>,
-    ) -> Result<ParquetRecordBatchStream<Source>, SegmentError> {
+    ) -> Result<GuardedBatches, SegmentError> {
         let schema = self.metadata.schema();
         let roots: Vec<usize> = columns
             .iter()
@@ -225,6 +225,7 @@ impl SegmentReader {
         }
         builder
             .build()
+            .map(GuardedBatches::new)
             .map_err(|e| SegmentError::parquet(self.id(), "reading rows", e))
     }
 
@@ -470,6 +471,52 @@ impl SegmentReader {
             .get_row_group_column_bloom_filter(row_group, column_index)
             .await
             .map_err(|e| SegmentError::parquet(self.id(), "reading a bloom filter", e))
+    }
+}
+
+/// Record batches from the Parquet decoder, with a decoder panic turned into an error.
+///
+/// The open-time checks ([`check_chunks`]) reject damaged chunk and page geometry, but the
+/// decoder still asserts on some damaged page contents (fuzzing found definition levels that
+/// panic inside row decoding). A segment object is untrusted input: a damaged one must fail
+/// with an error naming the segment, never take down the archiver or `auditledger-verify`.
+/// After a panic the decoder's state is unknown, so the stream ends.
+pub(crate) struct GuardedBatches {
+    inner: Option<ParquetRecordBatchStream<Source>>,
+}
+
+impl GuardedBatches {
+    fn new(inner: ParquetRecordBatchStream<Source>) -> Self {
+        GuardedBatches { inner: Some(inner) }
+    }
+}
+
+impl Stream for GuardedBatches {
+    type Item = Result<RecordBatch, ParquetError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        // The stream is dropped right after a panic, so no broken invariant is observed.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll_next_unpin(cx)))
+        {
+            Ok(poll) => poll,
+            Err(panic) => {
+                self.inner = None;
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                std::task::Poll::Ready(Some(Err(ParquetError::General(format!(
+                    "the Parquet decoder failed on damaged data: {message}"
+                )))))
+            }
+        }
     }
 }
 
@@ -1020,9 +1067,34 @@ mod tests {
         assert!(err.contains("page index entries out of order"), "{err}");
     }
 
-    /// Rebuilds the fuzz target's real segment, applies an edit-mode input's byte edits, and
-    /// returns why opening it failed (panics if it opened).
-    async fn open_edited_segment(input: &[u8]) -> String {
+    #[tokio::test]
+    async fn decoder_panic_on_damaged_pages_is_an_error() {
+        // Found by the same target (in CI): an edit damaged a page's definition levels, which
+        // passes every open-time check, and the Parquet decoder panicked inside row decoding.
+        // `GuardedBatches` turns that into an error naming the segment.
+        let (file, id) = edited_segment(include_bytes!(
+            "../../../fuzz/corpus/segment_reader/regress-definition-levels"
+        ));
+        let reader = SegmentReader::from_bytes(file, &id)
+            .await
+            .expect("this damage is only visible when decoding");
+        let mut errors = vec![reader.verify(&[0; 32]).await.map(|_| ()).unwrap_err()];
+        for leaf_index in id.start()..id.end() {
+            if let Err(e) = reader.leaf(leaf_index).await {
+                errors.push(e);
+            }
+        }
+        let decoder_errors: Vec<String> = errors
+            .iter()
+            .map(ToString::to_string)
+            .filter(|e| e.contains("the Parquet decoder failed on damaged data"))
+            .collect();
+        assert!(!decoder_errors.is_empty(), "{errors:?}");
+        assert!(decoder_errors[0].contains(&id.to_string()), "{decoder_errors:?}");
+    }
+
+    /// Rebuilds the fuzz target's real segment and applies an edit-mode input's byte edits.
+    fn edited_segment(input: &[u8]) -> (Bytes, SegmentId) {
         use auditledger_ledger::event::{AuditEvent, EventKind, encode_event, encode_leaf};
         let id = SegmentId::new("auditledger.fuzz/acme/prod", 8, 3).unwrap();
         let leaves: Vec<Vec<u8>> = (8..16u64)
@@ -1049,8 +1121,15 @@ mod tests {
             let offset = usize::from(u16::from_le_bytes([edit[0], edit[1]])) % file.len();
             file[offset] ^= edit[2];
         }
+        (Bytes::from(file), id)
+    }
+
+    /// Opens an edited segment ([`edited_segment`]) and returns why opening failed (panics
+    /// if it opened).
+    async fn open_edited_segment(input: &[u8]) -> String {
+        let (file, id) = edited_segment(input);
         // Before the fixes, opening succeeded and the first read panicked.
-        match SegmentReader::from_bytes(Bytes::from(file), &id).await {
+        match SegmentReader::from_bytes(file, &id).await {
             Err(err) => err.to_string(),
             Ok(_) => panic!("the damaged segment opened"),
         }
