@@ -502,8 +502,7 @@ impl Stream for GuardedBatches {
             return std::task::Poll::Ready(None);
         };
         // The stream is dropped right after a panic, so no broken invariant is observed.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll_next_unpin(cx)))
-        {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll_next_unpin(cx))) {
             Ok(poll) => poll,
             Err(panic) => {
                 self.inner = None;
@@ -1090,7 +1089,10 @@ mod tests {
             .filter(|e| e.contains("the Parquet decoder failed on damaged data"))
             .collect();
         assert!(!decoder_errors.is_empty(), "{errors:?}");
-        assert!(decoder_errors[0].contains(&id.to_string()), "{decoder_errors:?}");
+        assert!(
+            decoder_errors[0].contains(&id.to_string()),
+            "{decoder_errors:?}"
+        );
     }
 
     /// Rebuilds the fuzz target's real segment and applies an edit-mode input's byte edits.
