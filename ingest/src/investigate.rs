@@ -214,7 +214,8 @@ fn describe(req: &pb::FindEventsRequest) -> String {
 
 /// The first leaf below `size` whose `logged_at` is ≥ `time` (`size` if none). `logged_at` never
 /// decreases along a log (the sequencer stamps `max(now, previous)`), so this is a binary
-/// search; archived segments answer from their recorded time bounds when they can. Shared by
+/// search; archived segments answer from their recorded time bounds when they can, and the
+/// segment holding the boundary answers at once from its `logged_at` column. Shared by
 /// searches and `Compliance.Export`.
 pub(crate) async fn first_logged_at_or_after(
     s: &AppState,
@@ -225,41 +226,81 @@ pub(crate) async fn first_logged_at_or_after(
     let (mut lo, mut hi) = (0u64, size);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if logged_at_or_after(s, log, mid, time).await? {
-            hi = mid;
-        } else {
-            lo = mid + 1;
+        match probe_time(s, log, mid, time).await? {
+            Probe::AtOrAfter => hi = mid,
+            Probe::Before => lo = mid + 1,
+            // Every leaf before that segment was logged before `time`; a boundary at or past
+            // the pinned size means every leaf below it was too.
+            Probe::Boundary(index) => return Ok(index.min(size)),
         }
     }
     Ok(lo)
 }
 
-/// Whether leaf `leaf_index` was logged at or after `time`.
-async fn logged_at_or_after(
-    s: &AppState,
-    log: &Log,
-    leaf_index: u64,
-    time: u64,
-) -> Result<bool, Status> {
+/// What one leaf tells the binary search for a time.
+enum Probe {
+    /// The leaf was logged before the time.
+    Before,
+    /// The leaf was logged at or after the time.
+    AtOrAfter,
+    /// The leaf lies in an archived segment holding the boundary: the segment's first leaf
+    /// logged at or after the time, which is the answer.
+    Boundary(u64),
+}
+
+/// Where leaf `leaf_index` lies relative to `time`.
+async fn probe_time(s: &AppState, log: &Log, leaf_index: u64, time: u64) -> Result<Probe, Status> {
     let logged_at = |bytes: &[u8]| -> Result<u64, Status> {
         decode_leaf(bytes)
             .map(|r| r.logged_at)
             .map_err(|e| Status::data_loss(format!("{} leaf {leaf_index}: {e}", log.origin())))
     };
+    let judge = |at: u64| {
+        if at >= time {
+            Probe::AtOrAfter
+        } else {
+            Probe::Before
+        }
+    };
     if let Some(bytes) = log.leaf(leaf_index).map_err(status::from_ledger)? {
-        return Ok(logged_at(&bytes)? >= time);
+        return Ok(judge(logged_at(&bytes)?));
     }
     let record = log.segment_of(leaf_index).map_err(status::from_ledger)?;
     if let Some(r) = &record {
         if r.oldest >= time {
-            return Ok(true);
+            return Ok(Probe::AtOrAfter);
         }
         if r.newest < time {
-            return Ok(false);
+            return Ok(Probe::Before);
+        }
+        if r.hot_released {
+            // The boundary is inside this segment: one search of its `logged_at` column (row
+            // groups pruned by their statistics) instead of a leaf page read and decompressed
+            // per bisection step. A pure time window matches content-expired rows too.
+            let window = EventFilter {
+                from_time: time,
+                ..EventFilter::default()
+            };
+            let rows = s
+                .archiver
+                .reader()
+                .find_in_segment(log, r, &window, Order::OldestFirst, None, 1)
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "{}: locating the time window in archived leaves [{}, {}): {e}",
+                        log.origin(),
+                        r.start,
+                        r.end()
+                    ))
+                })?;
+            if let Some((index, _, _)) = rows.first() {
+                return Ok(Probe::Boundary(*index));
+            }
         }
     }
     match s.archiver.reader().leaf(log, leaf_index).await {
-        Ok(LeafContent::Present { bytes, .. }) => Ok(logged_at(&bytes)? >= time),
+        Ok(LeafContent::Present { bytes, .. }) => Ok(judge(logged_at(&bytes)?)),
         Ok(LeafContent::Expired { .. }) => Err(Status::failed_precondition(format!(
             "{} leaf {leaf_index}: the time window's boundary falls among leaves whose content \
              retention has deleted; use a leaf range or a wider window instead",
@@ -335,6 +376,56 @@ fn proto_tier(t: auditledger_ledger::segments::Tier) -> pb::Tier {
     }
 }
 
+/// Judges the leaves of `[lo, hi)` inside the released segment `r`, in `order`, through the
+/// archiver's pruned segment search (time range, row-group statistics, bloom filters); each
+/// returned leaf is re-judged here like every other candidate, so the tiers cannot disagree.
+/// Returns the part of `[lo, hi)` left to judge.
+async fn judge_archived_segment(
+    s: &AppState,
+    judge: &mut Judge<'_>,
+    r: &auditledger_ledger::segments::SegmentRecord,
+    lo: u64,
+    hi: u64,
+    order: Order,
+) -> Result<(u64, u64), Status> {
+    let log = judge.log;
+    let (x, y) = (lo.max(r.start), hi.min(r.end()));
+    let resume_after = match order {
+        Order::OldestFirst => (x > r.start).then(|| x - 1),
+        Order::NewestFirst => (y < r.end()).then_some(y),
+    };
+    let rows = s
+        .archiver
+        .reader()
+        .find_in_segment(
+            log,
+            r,
+            judge.filter,
+            order,
+            resume_after,
+            judge.want - judge.found.len(),
+        )
+        .await
+        .map_err(|e| {
+            Status::unavailable(format!(
+                "{}: searching archived leaves [{x}, {y}): {e}",
+                log.origin()
+            ))
+        })?;
+    let tier = proto_tier(r.tier);
+    for (index, hash, content) in rows {
+        if !(x..y).contains(&index) || judge.full() {
+            break;
+        }
+        let bytes = content.bytes().map(<[u8]>::to_vec);
+        judge.judge(index, hash.to_vec(), bytes, tier)?;
+    }
+    Ok(match order {
+        Order::OldestFirst => (y, hi),
+        Order::NewestFirst => (lo, x),
+    })
+}
+
 /// Judges leaves `[a, b)` in `order`: hot leaves in chunks, archived segments through the
 /// archiver's pruned segment search.
 async fn scan_range(
@@ -357,44 +448,7 @@ async fn scan_range(
             .map_err(status::from_ledger)?
             .filter(|r| r.hot_released);
         if let Some(r) = record {
-            // The rest of this archived segment inside [lo, hi), pruned by the archiver
-            // (time range, row-group statistics, bloom filters); re-judged here like every
-            // other candidate, so the tiers cannot disagree.
-            let (x, y) = (lo.max(r.start), hi.min(r.end()));
-            let resume_after = match order {
-                Order::OldestFirst => (x > r.start).then(|| x - 1),
-                Order::NewestFirst => (y < r.end()).then_some(y),
-            };
-            let rows = s
-                .archiver
-                .reader()
-                .find_in_segment(
-                    log,
-                    &r,
-                    judge.filter,
-                    order,
-                    resume_after,
-                    judge.want - judge.found.len(),
-                )
-                .await
-                .map_err(|e| {
-                    Status::unavailable(format!(
-                        "{}: searching archived leaves [{x}, {y}): {e}",
-                        log.origin()
-                    ))
-                })?;
-            let tier = proto_tier(r.tier);
-            for (index, hash, content) in rows {
-                if !(x..y).contains(&index) || judge.full() {
-                    break;
-                }
-                let bytes = content.bytes().map(<[u8]>::to_vec);
-                judge.judge(index, hash.to_vec(), bytes, tier)?;
-            }
-            match order {
-                Order::OldestFirst => lo = y,
-                Order::NewestFirst => hi = x,
-            }
+            (lo, hi) = judge_archived_segment(s, judge, &r, lo, hi, order).await?;
             continue;
         }
         // A chunk of hot leaves, inside one segment.
@@ -450,7 +504,11 @@ async fn scan_range(
     Ok(())
 }
 
-/// Judges the index candidates of `[a, b)` in `order`.
+/// Judges the index candidates of `[a, b)` in `order`. Hot candidates are read one by one;
+/// where several candidates lie in one archived segment, that segment is searched once
+/// (pruned by statistics and bloom filters, each needed page read and decompressed once)
+/// instead of reading a Parquet page per candidate — the per-leaf reads made a 64-event
+/// session lookup in the cold tier cost ~90 ms (docs/benchmarks.md, "Investigations").
 async fn indexed_range(
     s: &AppState,
     judge: &mut Judge<'_>,
@@ -462,36 +520,55 @@ async fn indexed_range(
 ) -> Result<(), Status> {
     let log = judge.log;
     let (mut lo, mut hi) = (a, b);
-    while lo < hi && !judge.full() {
+    'batches: while lo < hi && !judge.full() {
         let batch = log
             .index_candidates(field, value, lo, hi, order, CHUNK as usize)
             .map_err(status::from_ledger)?;
-        let Some(&last) = batch.last() else {
+        if batch.is_empty() {
             break;
-        };
-        for index in batch.iter().copied() {
+        }
+        for (at, &index) in batch.iter().enumerate() {
             if judge.full() {
-                break;
+                break 'batches;
             }
-            let hash = log.leaf_hash(index).map_err(status::from_ledger)?.to_vec();
             let (content, tier) = match log.leaf(index).map_err(status::from_ledger)? {
                 Some(bytes) => (Some(bytes), pb::Tier::Hot),
-                None => match s.archiver.reader().leaf(log, index).await {
-                    Ok(LeafContent::Present { bytes, tier }) => (Some(bytes), proto_tier(tier)),
-                    Ok(LeafContent::Expired { tier }) => (None, proto_tier(tier)),
-                    Err(e) => {
-                        return Err(Status::unavailable(format!(
-                            "{}: reading leaf {index}: {e}",
-                            log.origin()
-                        )));
+                None => {
+                    let record = log
+                        .segment_of(index)
+                        .map_err(status::from_ledger)?
+                        .filter(|r| r.hot_released);
+                    if let Some(r) = record {
+                        let in_segment = batch[at..]
+                            .iter()
+                            .take_while(|&&c| r.start <= c && c < r.end())
+                            .count();
+                        if in_segment > 1 {
+                            // `[lo, hi)` excludes every candidate judged so far, and no
+                            // leaf between that bound and `index` is a candidate (they come
+                            // in search order): the segment search finds the same matches.
+                            (lo, hi) = judge_archived_segment(s, judge, &r, lo, hi, order).await?;
+                            continue 'batches;
+                        }
                     }
-                },
+                    match s.archiver.reader().leaf(log, index).await {
+                        Ok(LeafContent::Present { bytes, tier }) => (Some(bytes), proto_tier(tier)),
+                        Ok(LeafContent::Expired { tier }) => (None, proto_tier(tier)),
+                        Err(e) => {
+                            return Err(Status::unavailable(format!(
+                                "{}: reading leaf {index}: {e}",
+                                log.origin()
+                            )));
+                        }
+                    }
+                }
             };
+            let hash = log.leaf_hash(index).map_err(status::from_ledger)?.to_vec();
             judge.judge(index, hash, content, tier)?;
-        }
-        match order {
-            Order::OldestFirst => lo = last + 1,
-            Order::NewestFirst => hi = last,
+            match order {
+                Order::OldestFirst => lo = index + 1,
+                Order::NewestFirst => hi = index,
+            }
         }
     }
     Ok(())
