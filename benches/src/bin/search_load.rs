@@ -397,7 +397,7 @@ impl Dataset {
             ),
         };
         // The next tier's first time bounds this one's last leaf from above.
-        (!leaves.is_empty()).then(|| TierSpan {
+        (!leaves.is_empty()).then_some(TierSpan {
             leaves,
             first_time: first,
             end_time: last,
@@ -863,21 +863,22 @@ impl Drop for Server {
 
 // ---- Measuring ------------------------------------------------------------------------------------
 
+/// The indexed field a lookup asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Field {
-    EventId,
-    SessionId,
-    CorrelationId,
+    Event,
+    Session,
+    Correlation,
 }
 
-const FIELDS: [Field; 3] = [Field::EventId, Field::SessionId, Field::CorrelationId];
+const FIELDS: [Field; 3] = [Field::Event, Field::Session, Field::Correlation];
 
 impl Field {
     fn name(self) -> &'static str {
         match self {
-            Field::EventId => "event_id",
-            Field::SessionId => "session_id",
-            Field::CorrelationId => "correlation_id",
+            Field::Event => "event_id",
+            Field::Session => "session_id",
+            Field::Correlation => "correlation_id",
         }
     }
 }
@@ -936,15 +937,15 @@ fn lookup(
     let mut request = client.request();
     request.newest_first = true;
     let expected = match field {
-        Field::EventId => {
+        Field::Event => {
             request.event_id = ds.event(n).event_id;
             vec![n]
         }
-        Field::SessionId => {
+        Field::Session => {
             request.session_id = ds.session_id(n);
             ds.session_members(n)
         }
-        Field::CorrelationId => {
+        Field::Correlation => {
             request.correlation_id = ds.correlation_id(n);
             ds.correlation_members(n)
         }
