@@ -45,6 +45,10 @@ out="$("$BIN_DIR/auditledger-gateway-sim" --target "$target" --token-file "$tmp/
     --spool "$tmp/spool" --count 50 --flush-timeout 60s)"
 grep -q '^flushed$' <<<"$out" || { echo "$out" >&2; echo "error: gateway-sim did not flush" >&2; exit 1; }
 tail -n 1 <<<"$out"
+# --count 0 only replays what a spool holds (here nothing: every event had its receipt).
+out="$("$BIN_DIR/auditledger-gateway-sim" --target "$target" --token-file "$tmp/gateway.token" \
+    --spool "$tmp/spool" --count 0)"
+grep -q '^flushed$' <<<"$out" || { echo "$out" >&2; echo "error: gateway-sim --count 0 did not flush" >&2; exit 1; }
 
 echo "== Python: examples/python/gateway_example.py (stubs generated from proto/)" >&2
 if ! python3 -c 'import grpc_tools' 2>/dev/null; then

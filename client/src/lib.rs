@@ -16,6 +16,56 @@
 //!   verifier keys each inclusion proof is checked against a signed checkpoint.
 //!
 //! `docs/gateway.md` documents delivery guarantees, the spool format and failure modes.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use auditledger_client::{
+//!     AuditEvent, Backpressure, Client, Decision, Durability, EventKind, Options, RecordError,
+//!     SpoolOptions,
+//! };
+//!
+//! # async fn gateway(token: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::connect(
+//!     "http://127.0.0.1:50051",
+//!     token,
+//!     Options {
+//!         durability: Durability::Spool(SpoolOptions::new("/var/lib/my-gateway/audit-spool")),
+//!         backpressure: Backpressure::FailFast,
+//!         gateway_id: Some("gw-eu-1".into()),
+//!         ..Options::default()
+//!     },
+//! )
+//! .await?;
+//!
+//! // On the enforcement path: record the decision before acting on it.
+//! let event = AuditEvent {
+//!     event_kind: EventKind::ToolCall as i32,
+//!     tenant_id: "demo".into(),
+//!     environment: "dev".into(),
+//!     occurred_at: 1_763_700_000_000_000_000,
+//!     tool_server: "github".into(),
+//!     tool_name: "merge_pull_request".into(),
+//!     mcp_method: "tools/call".into(),
+//!     decision: Decision::Allow as i32,
+//!     ..Default::default()
+//! };
+//! match client.record(event).await {
+//!     // Durable in the local spool: go ahead; the receipt comes later.
+//!     Ok(handle) => {
+//!         tokio::spawn(async move {
+//!             if let Err(e) = handle.receipt().await {
+//!                 eprintln!("audit event not recorded: {e}");
+//!             }
+//!         });
+//!     }
+//!     // Cannot record it: deny the tool call instead of acting unaudited.
+//!     Err(RecordError::SpoolFull { .. } | RecordError::Backpressure { .. }) => { /* deny */ }
+//!     Err(e) => return Err(e.into()),
+//! }
+//! client.close(Duration::from_secs(10)).await;
+//! # Ok(())
+//! # }
+//! ```
 
 mod client;
 mod error;

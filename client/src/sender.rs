@@ -545,6 +545,20 @@ impl Sender {
                     self.failures += 1;
                     Metrics::add(&self.shared.metrics.stream_failures, 1);
                     let delay = self.backoff(hint_from_message(&err.message));
+                    // A request larger than the tenant's whole per-second quota can never
+                    // pass (quotas.rs says "send smaller requests"): halve it.
+                    if code == tonic::Code::ResourceExhausted
+                        && batch.entries.len() > 1
+                        && err.message.contains("smaller requests")
+                    {
+                        let tail = batch.entries.split_off(batch.entries.len() / 2);
+                        self.push_retry(Batch {
+                            entries: tail,
+                            attempts: batch.attempts,
+                            not_before: Instant::now() + delay,
+                            sent_at: batch.sent_at,
+                        });
+                    }
                     tracing::warn!(?code, error = %err.message, events = batch.entries.len(), retry_in_ms = delay.as_millis() as u64,
                         "ledger refused a batch for now; will retry");
                     batch.not_before = Instant::now() + delay;

@@ -304,3 +304,47 @@ fn refused_events_are_reported_and_not_retried() {
         client.close(Duration::from_secs(5)).await;
     });
 }
+
+#[test]
+fn over_quota_batches_wait_for_the_hint_and_are_split_when_too_big() {
+    const N: usize = 150;
+    // 50 events/s per tenant: batches of 80 exceed a whole second's quota (split), and the
+    // stream runs into RESOURCE_EXHAUSTED with a retry hint (waited out).
+    let ledger = Ledger::init(&[("quotas", "events_per_second", "50")]);
+    let gateway = ledger.token("gateway");
+    let investigator = ledger.token("investigator");
+    let server = Server::start(&ledger, free_port());
+    let rt = rt();
+    rt.block_on(async {
+        let options = Options {
+            max_batch_events: 80,
+            max_in_flight_batches: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+            ..Options::default()
+        };
+        let client = Client::connect(&server.url(), &gateway, options)
+            .await
+            .expect("connect");
+        let mut handles = Vec::new();
+        for i in 0..N {
+            handles.push(client.record(tool_call(i)).await.expect("record"));
+        }
+        client.flush(Duration::from_secs(120)).await.expect("flush");
+        for h in handles {
+            let r = h
+                .receipt()
+                .await
+                .expect("receipt after waiting for the quota");
+            assert!(!r.duplicate);
+        }
+        let m = client.metrics();
+        eprintln!("over quota: {m:?}");
+        assert_eq!(m.rejected, 0, "{m:?}");
+        assert!(m.retried > 0 && m.stream_failures > 0, "{m:?}");
+        let log = leaves(&server.url(), &investigator).await;
+        assert_eq!(log.len(), N);
+        assert!(counts(&log).values().all(|&n| n == 1));
+        client.close(Duration::from_secs(5)).await;
+    });
+}
