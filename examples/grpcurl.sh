@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The three gateway events (a tools/call held for approval, the approval, a denied secret read)
-# sent with grpcurl through server reflection — no .proto files or generated code needed.
+# sent with grpcurl, which reads the API from the repository's .proto files (no generated code;
+# this also works with grpcurl releases older than the server's v1 reflection service).
 #
 #   examples/grpcurl.sh [HOST:PORT] TOKEN_FILE
 #
@@ -15,7 +16,7 @@ uuid7() {  # RFC 9562 UUIDv7: unix milliseconds, version 7, variant 10, random r
 }
 now="$(date +%s%N)"
 call_id="$(uuid7)"
-common='"tenant_id":"demo","environment":"dev","session_id":"grpcurl-session-1","user_id":"alice@example.com","agent_id":"support-agent","gateway_id":"grpcurl-gateway","occurred_at":"'"$now"'"'
+common='"tenant_id":"demo","environment":"dev","session_id":"grpcurl-session-1","user_id":"alice@example.com","agent_id":"support-agent","gateway_id":"grpcurl-gateway-'"${call_id: -12}"'","occurred_at":"'"$now"'"'
 request='{"wait_for_checkpoint":true,"events":[
  {"event_id":"'"$call_id"'","event_kind":"EVENT_KIND_TOOL_CALL","gateway_seq":"1",'"$common"',
   "tool_server":"github","tool_name":"merge_pull_request","mcp_method":"tools/call","decision":"DECISION_REQUIRE_APPROVAL"},
@@ -25,5 +26,7 @@ request='{"wait_for_checkpoint":true,"events":[
  {"event_id":"'"$(uuid7)"'","event_kind":"EVENT_KIND_ACCESS","gateway_seq":"3",'"$common"',
   "tool_server":"vault","tool_name":"read_secret","resource":"secret/prod/db-password","decision":"DECISION_DENY",
   "decision_reason":"agents may not read production secrets"}]}'
-grpcurl -plaintext -H "authorization: Bearer $(cat "$token_file")" -d "$request" \
+proto_root="$(cd "$(dirname "$0")/../proto/proto" && pwd)"
+grpcurl -plaintext -import-path "$proto_root" -proto auditledger/v1/ingest.proto \
+    -H "authorization: Bearer $(cat "$token_file")" -d "$request" \
     "$target" auditledger.v1.Ingest/Append

