@@ -1684,6 +1684,98 @@ mod tests {
     }
 
     #[test]
+    fn failed_writes_in_the_pipeline_fail_what_was_built_on_them_and_nothing_else() {
+        // Slow writes keep a group in the committer while the sequencer builds the next one on
+        // top of it; in each of three rounds the first write fails. Every event is then either
+        // acknowledged at an index that holds it, or refused and absent: no hole, no
+        // duplicate, no lost receipt.
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+        let ledger = Arc::new(Ledger::open(store.clone(), keyring(), options()).unwrap());
+        let mut results = Vec::new();
+        for round in 0..3u64 {
+            store.set_write_faults(WriteFaults {
+                fail_next: 1,
+                delay: Duration::from_millis(15),
+                durable_only: true,
+                ..Default::default()
+            });
+            let threads: Vec<_> = (0..6u64)
+                .map(|t| {
+                    let ledger = ledger.clone();
+                    std::thread::spawn(move || {
+                        (0..4u64)
+                            .map(|i| {
+                                let e = event(round * 100_000 + t * 1000 + i, "acme");
+                                let result = ledger.append_blocking("gw", std::slice::from_ref(&e));
+                                (e, result)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            results.extend(threads.into_iter().flat_map(|t| t.join().unwrap()));
+        }
+        store.set_write_faults(WriteFaults::default());
+        let log = ledger.log("acme", "prod").unwrap();
+        let mut indexes = Vec::new();
+        let mut refused = Vec::new();
+        for (event, result) in results {
+            match result {
+                Ok(receipts) => {
+                    let r = &receipts[0];
+                    assert!(!r.duplicate, "each event was sent once");
+                    let id = EventId::parse(&event.event_id).unwrap();
+                    assert_eq!(log.find_event(&id).unwrap(), Some(r.leaf_index));
+                    let leaf = log.leaf(r.leaf_index).unwrap().expect("acknowledged leaf");
+                    assert_eq!(crate::merkle::leaf_hash(&leaf), r.leaf_hash);
+                    indexes.push(r.leaf_index);
+                }
+                Err(err) => {
+                    let id = EventId::parse(&event.event_id).unwrap();
+                    assert_eq!(
+                        log.find_event(&id).unwrap(),
+                        None,
+                        "refused but stored: {err}"
+                    );
+                    refused.push(event);
+                }
+            }
+        }
+        assert_eq!(
+            store.write_counts().1,
+            3,
+            "the three injected failures happened"
+        );
+        assert!(
+            refused.len() >= 3,
+            "each failed write refused its own group"
+        );
+        indexes.sort_unstable();
+        assert_eq!(
+            indexes,
+            (0..log.tree_size()).collect::<Vec<_>>(),
+            "no holes"
+        );
+        // What was refused was not written: re-sent, it is new, right after the others.
+        let size = log.tree_size();
+        let receipts = ledger.append_blocking("gw", &refused).unwrap();
+        for (i, r) in receipts.iter().enumerate() {
+            assert!(!r.duplicate);
+            assert_eq!(r.leaf_index, size + i as u64);
+        }
+        ledger.checkpoint_now().unwrap();
+        let cp = log.latest_checkpoint().unwrap();
+        assert_eq!(cp.checkpoint.tree_size, size + refused.len() as u64);
+        // The signed root is the root of exactly the stored leaves, in order.
+        let mut tree = crate::merkle::MemoryTree::new();
+        for i in 0..cp.checkpoint.tree_size {
+            tree.append(crate::merkle::leaf_hash(&log.leaf(i).unwrap().unwrap()));
+        }
+        let root = crate::merkle::root(&tree, tree.size()).unwrap();
+        assert_eq!(cp.checkpoint.root_hash, root);
+    }
+
+    #[test]
     fn no_signing_key_means_no_checkpoint_and_a_clear_error() {
         let ledger = Ledger::open(
             Arc::new(MemoryStore::new()),

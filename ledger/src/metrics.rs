@@ -72,11 +72,9 @@ impl LedgerMetrics {
         self.write_latency.observe(took);
     }
 
-    pub(crate) fn record_commit(&self, group: &[crate::sequencer::Submission]) {
+    pub(crate) fn record_commit(&self, requests: usize, events: usize) {
         self.commits.fetch_add(1, Ordering::Relaxed);
-        self.requests
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
-        let events: usize = group.iter().map(|s| s.events.len()).sum();
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
         self.events.fetch_add(events as u64, Ordering::Relaxed);
     }
 

@@ -1,15 +1,32 @@
-//! Group commit: one thread turns every pending append request (from all streams and
-//! connections) into a single `WriteBatch` — leaves, event-id index entries, completed tiles
-//! and log state — written with a synced WAL. Receipts go out only after that write
-//! returns, so an acknowledged event is durable; a failed write acknowledges nothing.
+//! Group commit: every pending append request (from all streams and connections) is turned
+//! into a single `WriteBatch` — leaves, event-id and search-index entries, completed tiles and
+//! log state — written with a synced WAL. Receipts go out only after that write returns, so an
+//! acknowledged event is durable; a failed write acknowledges nothing.
+//!
+//! Two threads form a pipeline. The sequencer (this module's [`Sequencer`]) assigns leaf
+//! indexes, hashes leaves and tiles and builds the batch of each group as its requests arrive,
+//! while the committer thread writes and syncs: building and writing each take a large share
+//! of a commit, and overlapping them is what keeps ingest from waiting on either. Groups built
+//! while a write is in progress queue up (bounded by `max_commit_bytes`); the committer then
+//! writes all of them as one synced batch, so a busy disk means larger commits, not more of
+//! them. Batches are written strictly in the order they were built, so the store never holds a
+//! group without every group before it.
+//!
+//! A group is built on top of groups that are not yet durable. When a write fails, the
+//! committer fails that group and every group built after it (they assumed it), without
+//! writing them; the sequencer then rolls its in-memory view back to what it was before the
+//! failed group, confirms it against the store, and continues in a new epoch. Event ids of
+//! groups in flight are kept in memory so that a duplicate arriving before its first copy is
+//! durable is still recognised.
 //!
 //! Sequencing and integration happen in the same batch: tile hashing costs about one BLAKE3
 //! compression per leaf, far less than the fsync, and keeping them together means every tree
 //! size the store reports is fully hashed (no integration lag, nothing to replay on restart).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -20,7 +37,7 @@ use crate::layout::{self, LogId, LogRecord, LogState, Space};
 use crate::ledger::{LogInfo, LogKey, Receipt, Shared};
 use crate::merkle::{Hash, HashReader, NodeId, leaf_hash};
 use crate::store::WriteBatch;
-use crate::tiles::{LogHashReader, TileEdge};
+use crate::tiles::{EdgeSnapshot, LogHashReader, TileEdge};
 
 /// One validated, encoded event waiting to be sequenced.
 #[derive(Debug)]
@@ -49,6 +66,16 @@ impl Submission {
     }
 }
 
+/// Where a submission's answer goes, with its backpressure permit (released on answer).
+struct Reply {
+    tx: oneshot::Sender<Result<Vec<Receipt>, LedgerError>>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The events of one group, shared by the sequencer (duplicate checks against groups in
+/// flight) and the committer (receipts).
+type GroupEvents = Arc<Vec<Vec<PreparedEvent>>>;
+
 /// The sequencer's private view of a log.
 #[derive(Clone)]
 struct SeqLog {
@@ -57,39 +84,70 @@ struct SeqLog {
     edge: TileEdge,
 }
 
+/// A leaf of a group in flight (built, not yet reported durable), by event id.
+struct PendingLeaf {
+    leaf_index: u64,
+    leaf_hash: Hash,
+    events: GroupEvents,
+    /// (submission, event) position of the first copy in `events`.
+    at: (usize, usize),
+}
+
+/// What the sequencer remembers of a group it handed to the committer, to forget its event
+/// ids once durable or to roll back over it if the write fails.
+struct InFlight {
+    seq: u64,
+    /// The touched logs as they were before this group (absent: created by it).
+    before: HashMap<LogKey, SeqLog>,
+    next_log_id_before: LogId,
+    touched: Vec<LogKey>,
+    ids: Vec<(LogId, [u8; 16])>,
+}
+
+/// A built group, ready to be written.
+struct Built {
+    seq: u64,
+    epoch: u64,
+    batch: WriteBatch,
+    replies: Vec<Reply>,
+    receipts: Vec<Vec<Receipt>>,
+    events: usize,
+    created: Vec<Arc<LogInfo>>,
+    /// Each touched log after this group: its right edge and size, published once durable.
+    published: Vec<(Arc<LogInfo>, EdgeSnapshot, u64)>,
+    index_jobs: Vec<IndexJob>,
+}
+
+/// The committer's report on one group.
+struct Done {
+    seq: u64,
+    written: bool,
+}
+
 pub(crate) struct Sequencer {
     shared: Arc<Shared>,
     logs: HashMap<LogKey, SeqLog>,
     next_log_id: LogId,
-    /// New leaf hashes go to the indexer after each successful commit.
-    index_tx: std::sync::mpsc::SyncSender<IndexJob>,
-}
-
-/// What a successful group commit produced.
-struct Committed {
-    outcomes: Vec<Vec<Outcome>>,
-    created: Vec<Arc<LogInfo>>,
-    index_jobs: Vec<IndexJob>,
-}
-
-/// What happened to one event of a group.
-enum Outcome {
-    New {
-        leaf_index: u64,
-        leaf_hash: Hash,
-    },
-    Duplicate {
-        leaf_index: u64,
-        leaf_hash: Hash,
-        content_differs: Option<bool>,
-    },
+    /// Built groups on their way to the committer.
+    handoff: Arc<HandOff>,
+    done: std_mpsc::Receiver<Done>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    /// Groups handed to the committer and not yet reported, oldest first.
+    outstanding: VecDeque<InFlight>,
+    /// Event ids of the outstanding groups: not yet in the store, so duplicate checks look here.
+    pending: HashMap<(LogId, [u8; 16]), PendingLeaf>,
+    next_seq: u64,
+    /// Bumped after each failed write; groups of an older epoch are never written.
+    epoch: u64,
+    /// Reports of groups up to this sequence number were already accounted for by a rollback.
+    discard_through: u64,
 }
 
 impl Sequencer {
     pub(crate) fn new(
         shared: Arc<Shared>,
         next_log_id: LogId,
-        index_tx: std::sync::mpsc::SyncSender<IndexJob>,
+        index_tx: std_mpsc::SyncSender<IndexJob>,
     ) -> Result<Self, LedgerError> {
         let mut logs = HashMap::new();
         for info in shared.all_logs() {
@@ -105,15 +163,37 @@ impl Sequencer {
             }
             logs.insert(info.key.clone(), SeqLog { info, state, edge });
         }
+        let handoff = Arc::new(HandOff::new(shared.options.max_commit_bytes));
+        let (done_tx, done_rx) = std_mpsc::channel();
+        let committer = Committer {
+            shared: shared.clone(),
+            index_tx,
+            done: done_tx,
+        };
+        let handle = std::thread::Builder::new()
+            .name("auditledger-commit".into())
+            .spawn({
+                let handoff = handoff.clone();
+                move || committer.run(&handoff)
+            })
+            .map_err(|e| LedgerError::Unavailable(format!("starting committer thread: {e}")))?;
         Ok(Sequencer {
             shared,
             logs,
             next_log_id,
-            index_tx,
+            handoff,
+            done: done_rx,
+            committer: Some(handle),
+            outstanding: VecDeque::new(),
+            pending: HashMap::new(),
+            next_seq: 1,
+            epoch: 0,
+            discard_through: 0,
         })
     }
 
-    /// Runs until every sender is gone, committing groups of pending submissions.
+    /// Runs until every sender is gone, building groups of pending submissions; returns after
+    /// the committer has written (or failed) every group handed to it.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
         let max_bytes = self.shared.options.max_commit_bytes;
         while let Some(first) = rx.blocking_recv() {
@@ -128,118 +208,136 @@ impl Sequencer {
                     Err(_) => break,
                 }
             }
+            self.absorb_reports();
             self.commit_group(group);
+        }
+        // The committer (and with it the indexer queue) stops after the last group.
+        self.handoff.close();
+        if let Some(handle) = self.committer.take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// Takes in the committer's reports so far: forgets the event ids of durable groups, and
+    /// rolls back after a failed one.
+    fn absorb_reports(&mut self) {
+        while let Ok(Done { seq, written }) = self.done.try_recv() {
+            if seq <= self.discard_through {
+                continue;
+            }
+            let Some(front) = self.outstanding.front() else {
+                self.shared.set_failure(format!(
+                    "internal: the committer reported group {seq}, which is not in flight; restart the ledger"
+                ));
+                return;
+            };
+            if front.seq != seq {
+                self.shared.set_failure(format!(
+                    "internal: the committer reported group {seq} before group {}; restart the ledger",
+                    front.seq
+                ));
+                return;
+            }
+            if written {
+                let group = self.outstanding.pop_front().expect("front exists");
+                for id in group.ids {
+                    self.pending.remove(&id);
+                }
+            } else {
+                self.roll_back_outstanding();
+            }
+        }
+    }
+
+    /// The oldest outstanding group was not written, so neither is any group built after it:
+    /// restore the view from before it and confirm it against the store.
+    fn roll_back_outstanding(&mut self) {
+        let groups = std::mem::take(&mut self.outstanding);
+        self.discard_through = groups.back().map_or(self.discard_through, |g| g.seq);
+        self.pending.clear();
+        let mut touched = Vec::new();
+        for group in groups.into_iter().rev() {
+            self.restore(group.before, &group.touched, group.next_log_id_before);
+            touched.extend(group.touched);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        self.epoch += 1;
+        if let Err(reload) = self.reload_touched(&touched) {
+            self.shared.set_failure(format!(
+                "a group commit failed and reloading log state failed ({reload}); restart the ledger"
+            ));
+        }
+    }
+
+    /// Puts the touched logs back as they were (`before`), dropping logs created since.
+    fn restore(&mut self, before: HashMap<LogKey, SeqLog>, touched: &[LogKey], next_log_id: LogId) {
+        self.next_log_id = next_log_id;
+        self.logs
+            .retain(|k, _| before.contains_key(k) || !touched.contains(k));
+        for (k, log) in before {
+            self.logs.insert(k, log);
         }
     }
 
     fn commit_group(&mut self, group: Vec<Submission>) {
+        let mut replies = Vec::with_capacity(group.len());
+        let mut events = Vec::with_capacity(group.len());
+        let mut principals = Vec::with_capacity(group.len());
+        for s in group {
+            replies.push(Reply {
+                tx: s.reply,
+                _permit: s._permit,
+            });
+            events.push(s.events);
+            principals.push(s.principal);
+        }
         if let Some(reason) = self.shared.failure() {
-            for s in group {
-                let _ = s.reply.send(Err(LedgerError::Unavailable(reason.clone())));
+            for r in replies {
+                let _ = r.tx.send(Err(LedgerError::Unavailable(reason.clone())));
             }
             return;
         }
-        let touched = touched_logs(&group);
+        let events: GroupEvents = Arc::new(events);
+        let touched = touched_logs(&events);
         let before: HashMap<LogKey, SeqLog> = touched
             .iter()
             .filter_map(|k| self.logs.get(k).map(|l| (k.clone(), l.clone())))
             .collect();
         let next_log_id_before = self.next_log_id;
-        match self.build_and_write(&group, &touched) {
-            Ok(Committed {
-                outcomes,
-                created,
-                index_jobs,
-            }) => {
-                for log in created {
-                    self.shared.register_log(log);
-                }
-                let now = self.shared.clock.now_nanos();
-                for key in &touched {
-                    if let Some(log) = self.logs.get(key) {
-                        // The edge first: a reader that sees the new size must find its nodes.
-                        log.info.publish_edge(log.edge.snapshot());
-                        let previous = log
-                            .info
-                            .durable_size
-                            .swap(log.state.tree_size, Ordering::AcqRel);
-                        if previous != log.state.tree_size {
-                            let _ = log.info.pending_since.compare_exchange(
-                                0,
-                                now,
-                                Ordering::AcqRel,
-                                Ordering::Relaxed,
-                            );
-                        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut ids = Vec::new();
+        match self.build(seq, &events, &principals, &touched, &mut ids) {
+            Ok(mut built) => {
+                built.replies = replies;
+                self.outstanding.push_back(InFlight {
+                    seq,
+                    before,
+                    next_log_id_before,
+                    touched,
+                    ids,
+                });
+                if let Err(built) = self.handoff.push(built) {
+                    self.shared
+                        .set_failure("the committer thread stopped; restart the ledger".into());
+                    for r in built.replies {
+                        let _ = r.tx.send(Err(LedgerError::Unavailable(
+                            "the committer thread stopped".into(),
+                        )));
                     }
-                }
-                self.shared.metrics.record_commit(&group);
-                for (submission, outcomes) in group.into_iter().zip(outcomes) {
-                    let receipts = submission
-                        .events
-                        .iter()
-                        .zip(outcomes)
-                        .map(|(event, outcome)| {
-                            let origin = self.logs[&event.log].info.origin.clone();
-                            match outcome {
-                                Outcome::New {
-                                    leaf_index,
-                                    leaf_hash,
-                                } => Receipt {
-                                    origin,
-                                    event_id: event.event_id,
-                                    leaf_index,
-                                    leaf_hash,
-                                    duplicate: false,
-                                    content_differs: None,
-                                },
-                                Outcome::Duplicate {
-                                    leaf_index,
-                                    leaf_hash,
-                                    content_differs,
-                                } => Receipt {
-                                    origin,
-                                    event_id: event.event_id,
-                                    leaf_index,
-                                    leaf_hash,
-                                    duplicate: true,
-                                    content_differs,
-                                },
-                            }
-                        })
-                        .collect();
-                    let _ = submission.reply.send(Ok(receipts));
-                }
-                // After the receipts: a full queue (the indexer behind) delays the next group,
-                // never the acknowledgement of this one.
-                for job in index_jobs {
-                    // The indexer only stops after the sequencer; a send cannot fail before.
-                    let _ = self.index_tx.send(job);
                 }
             }
             Err(err) => {
-                // Nothing of the group is acknowledged. Restore the in-memory view to what the
-                // store holds; if the store cannot tell us, stop accepting writes.
-                self.next_log_id = next_log_id_before;
-                self.logs
-                    .retain(|k, _| before.contains_key(k) || !touched.contains(k));
-                for (k, log) in before {
-                    self.logs.insert(k, log);
+                // Nothing of this group was handed over: undo what building it changed.
+                for id in &ids {
+                    self.pending.remove(id);
                 }
-                if let Err(reload) = self.reload_touched(&touched) {
-                    self.shared.set_failure(format!(
-                        "write failed ({err}) and reloading log state failed ({reload}); restart the ledger"
-                    ));
-                }
-                tracing::error!(error = %err, "group commit failed; nothing in it was acknowledged");
+                self.restore(before, &touched, next_log_id_before);
+                tracing::error!(error = %err, "building a group commit failed; nothing in it was acknowledged");
                 self.shared.metrics.record_commit_failure();
-                let message = err.to_string();
-                for s in group {
-                    let e = match &err {
-                        LedgerError::Store(se) => LedgerError::Store(se.clone()),
-                        _ => LedgerError::Unavailable(message.clone()),
-                    };
-                    let _ = s.reply.send(Err(e));
+                for r in replies {
+                    let _ = r.tx.send(Err(answer_for(&err)));
                 }
             }
         }
@@ -324,21 +422,26 @@ impl Sequencer {
         );
     }
 
-    #[allow(clippy::type_complexity)]
-    fn build_and_write(
+    /// Sequences one group on top of everything built before it and returns its batch.
+    /// Records each new event id in `ids` (and in `self.pending`) as it goes, so that a failure
+    /// half-way can undo exactly what was added.
+    fn build(
         &mut self,
-        group: &[Submission],
+        seq: u64,
+        events: &GroupEvents,
+        principals: &[Arc<str>],
         touched: &[LogKey],
-    ) -> Result<Committed, LedgerError> {
-        let mut batch =
-            WriteBatch::with_capacity(group.iter().map(|s| s.events.len() * 2).sum::<usize>() + 8);
+        ids: &mut Vec<(LogId, [u8; 16])>,
+    ) -> Result<Built, LedgerError> {
+        let event_count: usize = events.iter().map(Vec::len).sum();
+        let mut batch = WriteBatch::with_capacity(event_count * 2 + 8);
         let mut created = Vec::new();
         let mut index_jobs: HashMap<LogId, IndexJob> = HashMap::new();
         let mut field_keys: Vec<[u8; layout::FIELD_KEY_LEN]> = Vec::new();
 
         // Dedup against the store, for logs that existed before this group.
         let mut lookups: Vec<(LogId, [u8; 20])> = Vec::new();
-        for event in group.iter().flat_map(|s| &s.events) {
+        for event in events.iter().flatten() {
             if let Some(log) = self.logs.get(&event.log) {
                 lookups.push((
                     log.info.log_id,
@@ -373,31 +476,40 @@ impl Sequencer {
             }
         }
 
-        let mut in_group: HashMap<(LogId, [u8; 16]), (u64, Hash, usize, usize)> = HashMap::new();
-        let mut outcomes: Vec<Vec<Outcome>> = Vec::with_capacity(group.len());
+        let mut receipts: Vec<Vec<Receipt>> = Vec::with_capacity(events.len());
         let mut completed = Vec::new();
-        for (s_index, submission) in group.iter().enumerate() {
-            let mut these = Vec::with_capacity(submission.events.len());
-            for (e_index, event) in submission.events.iter().enumerate() {
+        for (s_index, submission) in events.iter().enumerate() {
+            let mut these = Vec::with_capacity(submission.len());
+            for (e_index, event) in submission.iter().enumerate() {
                 self.ensure_log(&event.log, &mut batch, &mut created);
                 let log = self.logs.get_mut(&event.log).expect("ensured above");
                 let log_id = log.info.log_id;
+                let origin = log.info.origin.clone();
                 let dedup_key = (log_id, event.event_id.0);
-                if let Some(&(leaf_index, leaf_hash, s0, e0)) = in_group.get(&dedup_key) {
-                    let first = &group[s0].events[e0];
-                    these.push(Outcome::Duplicate {
-                        leaf_index,
-                        leaf_hash,
-                        content_differs: Some(first.event_bytes != event.event_bytes),
+                // In flight (this group or one not yet durable) first: the store may not have it.
+                if let Some(first) = self.pending.get(&dedup_key) {
+                    let (s0, e0) = first.at;
+                    these.push(Receipt {
+                        origin,
+                        event_id: event.event_id,
+                        leaf_index: first.leaf_index,
+                        leaf_hash: first.leaf_hash,
+                        duplicate: true,
+                        content_differs: Some(
+                            first.events[s0][e0].event_bytes != event.event_bytes,
+                        ),
                     });
                     continue;
                 }
                 if let Some(&leaf_index) = stored.get(&dedup_key) {
                     let (leaf_hash, content_differs) =
                         self.describe_stored(&event.log, leaf_index, &event.event_bytes)?;
-                    these.push(Outcome::Duplicate {
+                    these.push(Receipt {
+                        origin,
+                        event_id: event.event_id,
                         leaf_index,
                         leaf_hash,
+                        duplicate: true,
                         content_differs,
                     });
                     continue;
@@ -405,7 +517,7 @@ impl Sequencer {
                 let leaf_index = log.state.tree_size;
                 let logged_at = self.shared.clock.now_nanos().max(log.state.last_logged_at);
                 let leaf =
-                    crate::event::encode_leaf(&event.event_bytes, logged_at, &submission.principal);
+                    crate::event::encode_leaf(&event.event_bytes, logged_at, &principals[s_index]);
                 let hash = leaf_hash(&leaf);
                 batch.put(
                     Space::Leaves,
@@ -437,13 +549,26 @@ impl Sequencer {
                 }
                 log.state.tree_size += 1;
                 log.state.last_logged_at = logged_at;
-                in_group.insert(dedup_key, (leaf_index, hash, s_index, e_index));
-                these.push(Outcome::New {
+                self.pending.insert(
+                    dedup_key,
+                    PendingLeaf {
+                        leaf_index,
+                        leaf_hash: hash,
+                        events: events.clone(),
+                        at: (s_index, e_index),
+                    },
+                );
+                ids.push(dedup_key);
+                these.push(Receipt {
+                    origin,
+                    event_id: event.event_id,
                     leaf_index,
                     leaf_hash: hash,
+                    duplicate: false,
+                    content_differs: None,
                 });
             }
-            outcomes.push(these);
+            receipts.push(these);
         }
 
         // Sorted, for the same reason as the leaf-hash indexer's batches: the memtable insert of
@@ -453,6 +578,7 @@ impl Sequencer {
             batch.put(Space::Fields, key.to_vec(), Vec::new());
         }
 
+        let mut published = Vec::with_capacity(touched.len());
         for key in touched {
             let log = &self.logs[key];
             batch.put(
@@ -460,15 +586,18 @@ impl Sequencer {
                 layout::meta_state_key(log.info.log_id).to_vec(),
                 log.state.encode().to_vec(),
             );
+            published.push((log.info.clone(), log.edge.snapshot(), log.state.tree_size));
         }
 
-        let started = std::time::Instant::now();
-        let bytes = batch.bytes();
-        self.shared.store.write(batch, true)?;
-        self.shared.metrics.record_write(bytes, started.elapsed());
-        Ok(Committed {
-            outcomes,
+        Ok(Built {
+            seq,
+            epoch: self.epoch,
+            batch,
+            replies: Vec::new(),
+            receipts,
+            events: event_count,
             created,
+            published,
             index_jobs: index_jobs.into_values().collect(),
         })
     }
@@ -481,33 +610,241 @@ impl Sequencer {
         leaf_index: u64,
         event_bytes: &[u8],
     ) -> Result<(Hash, Option<bool>), LedgerError> {
-        let log = &self.logs[key];
-        let log_id = log.info.log_id;
-        let reader = LogHashReader::new(
-            self.shared.store.as_ref(),
-            log_id,
-            Arc::new(log.edge.snapshot()),
-        );
-        let hash = reader.read_hashes(&[NodeId::new(0, leaf_index)])?[0];
+        let log_id = self.logs[key].info.log_id;
         let leaf = self
             .shared
             .store
             .get(Space::Leaves, &layout::leaf_key(log_id, leaf_index))?;
-        // A leaf starts with the event as field 1, exactly what encode_leaf writes for an
-        // empty logged_at and principal.
-        let prefix = crate::event::encode_leaf(event_bytes, 0, "");
-        let differs = leaf.map(|leaf| !leaf.starts_with(&prefix));
-        Ok((hash, differs))
+        if let Some(leaf) = leaf {
+            // A leaf starts with the event as field 1, exactly what encode_leaf writes for an
+            // empty logged_at and principal.
+            let prefix = crate::event::encode_leaf(event_bytes, 0, "");
+            return Ok((leaf_hash(&leaf), Some(!leaf.starts_with(&prefix))));
+        }
+        // Archived: the tree has its hash. The published (durable) edge, not the sequencer's,
+        // which may already cover tiles that are still in flight.
+        let info = &self.logs[key].info;
+        let reader = LogHashReader::new(self.shared.store.as_ref(), log_id, info.edge_snapshot());
+        let hash = reader.read_hashes(&[NodeId::new(0, leaf_index)])?[0];
+        Ok((hash, None))
+    }
+}
+
+/// The error a submission gets when its group failed.
+fn answer_for(err: &LedgerError) -> LedgerError {
+    match err {
+        LedgerError::Store(se) => LedgerError::Store(se.clone()),
+        other => LedgerError::Unavailable(other.to_string()),
+    }
+}
+
+/// Built groups waiting for the committer, oldest first. Bounded by bytes: a sequencer that
+/// runs ahead of the disk waits here, and the requests behind it wait in the submission queue
+/// (whose permits are the ledger's backpressure).
+struct HandOff {
+    state: Mutex<HandOffState>,
+    /// Signalled when a group arrives or the hand-off closes.
+    ready: Condvar,
+    /// Signalled when the committer takes the queue or stops.
+    room: Condvar,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct HandOffState {
+    groups: VecDeque<Built>,
+    bytes: usize,
+    /// No more groups will come (the sequencer is done).
+    closed: bool,
+    /// The committer is gone; nothing queued now will be written.
+    dead: bool,
+}
+
+impl HandOff {
+    fn new(max_bytes: usize) -> Self {
+        HandOff {
+            state: Mutex::new(HandOffState::default()),
+            ready: Condvar::new(),
+            room: Condvar::new(),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandOffState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a built group, waiting while the queue holds `max_bytes` or more; gives it back
+    /// (boxed: it is large and this is the rare path) if the committer is gone.
+    fn push(&self, built: Built) -> Result<(), Box<Built>> {
+        let mut state = self.lock();
+        while state.bytes >= self.max_bytes && !state.dead {
+            state = self.room.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.dead {
+            return Err(Box::new(built));
+        }
+        state.bytes += built.batch.bytes();
+        state.groups.push_back(built);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Everything queued, waiting for at least one group; `None` once closed and drained.
+    fn take_all(&self) -> Option<Vec<Built>> {
+        let mut state = self.lock();
+        while state.groups.is_empty() && !state.closed {
+            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.groups.is_empty() {
+            return None;
+        }
+        state.bytes = 0;
+        let groups = state.groups.drain(..).collect();
+        self.room.notify_all();
+        Some(groups)
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    fn exit_guard(&self) -> CommitterExit<'_> {
+        CommitterExit(self)
+    }
+}
+
+/// Marks the hand-off dead when the committer thread ends; groups still queued are answered
+/// with an error when dropped with their reply channels (their callers see the sequencer gone).
+struct CommitterExit<'a>(&'a HandOff);
+
+impl Drop for CommitterExit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.dead = true;
+        state.groups.clear();
+        self.0.room.notify_all();
+    }
+}
+
+/// Writes built groups in order, then publishes them and answers their submissions.
+struct Committer {
+    shared: Arc<Shared>,
+    /// New leaf hashes go to the indexer after each successful commit.
+    index_tx: std_mpsc::SyncSender<IndexJob>,
+    done: std_mpsc::Sender<Done>,
+}
+
+impl Committer {
+    fn run(self, handoff: &HandOff) {
+        // Marks the hand-off dead if this thread ends for any reason (a panic included), so
+        // the sequencer fails requests instead of waiting for room forever.
+        let _guard = handoff.exit_guard();
+        // (epoch, reason) of the last failed write: later groups of that epoch were built on
+        // top of it and must not be written.
+        let mut failed: Option<(u64, String)> = None;
+        while let Some(groups) = handoff.take_all() {
+            let mut write = Vec::with_capacity(groups.len());
+            for built in groups {
+                match &failed {
+                    Some((epoch, reason)) if *epoch == built.epoch => {
+                        let err = LedgerError::Unavailable(format!(
+                            "not written: an earlier group commit it depends on failed ({reason})"
+                        ));
+                        self.fail(built, &err);
+                    }
+                    _ => write.push(built),
+                }
+            }
+            if let Err((epoch, err)) = self.write(write) {
+                failed = Some((epoch, err.to_string()));
+            }
+        }
+    }
+
+    /// Writes `groups` (in build order) as one synced batch, then completes each in order.
+    fn write(&self, mut groups: Vec<Built>) -> Result<(), (u64, LedgerError)> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut batch = std::mem::take(&mut groups[0].batch);
+        for built in &mut groups[1..] {
+            batch.append(std::mem::take(&mut built.batch));
+        }
+        let bytes = batch.bytes();
+        if let Err(err) = self.shared.store.write(batch, true) {
+            let err = LedgerError::from(err);
+            tracing::error!(error = %err, "group commit failed; nothing in it was acknowledged");
+            let epoch = groups.iter().map(|g| g.epoch).max().unwrap_or_default();
+            for built in groups {
+                self.fail(built, &err);
+            }
+            return Err((epoch, err));
+        }
+        self.shared.metrics.record_write(bytes, started.elapsed());
+        let requests = groups.iter().map(|g| g.replies.len()).sum();
+        let events = groups.iter().map(|g| g.events).sum();
+        self.shared.metrics.record_commit(requests, events);
+        for built in groups {
+            self.complete(built);
+        }
+        Ok(())
+    }
+
+    /// Publishes a durable group and answers its requests.
+    fn complete(&self, built: Built) {
+        for log in built.created {
+            self.shared.register_log(log);
+        }
+        let now = self.shared.clock.now_nanos();
+        for (info, edge, size) in built.published {
+            // The edge first: a reader that sees the new size must find its nodes.
+            info.publish_edge(edge);
+            let previous = info.durable_size.swap(size, Ordering::AcqRel);
+            if previous != size {
+                let _ = info.pending_since.compare_exchange(
+                    0,
+                    now,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        // The report before the answers (in `fail` too): a caller that reacts to its answer by
+        // appending again must find the sequencer already aware of this outcome.
+        let _ = self.done.send(Done {
+            seq: built.seq,
+            written: true,
+        });
+        for (reply, receipts) in built.replies.into_iter().zip(built.receipts) {
+            let _ = reply.tx.send(Ok(receipts));
+        }
+        // After the receipts: a full queue (the indexer behind) delays the next group, never
+        // the acknowledgement of this one.
+        for job in built.index_jobs {
+            // The indexer only stops after the committer; a send cannot fail before.
+            let _ = self.index_tx.send(job);
+        }
+    }
+
+    fn fail(&self, built: Built, err: &LedgerError) {
+        self.shared.metrics.record_commit_failure();
+        let _ = self.done.send(Done {
+            seq: built.seq,
+            written: false,
+        });
+        for reply in built.replies {
+            let _ = reply.tx.send(Err(answer_for(err)));
+        }
     }
 }
 
 /// The distinct logs a group appends to, sorted: computed once per commit and used to snapshot,
 /// write, publish and (after a failure) restore exactly those logs.
-fn touched_logs(group: &[Submission]) -> Vec<LogKey> {
-    let mut touched: Vec<&LogKey> = group
-        .iter()
-        .flat_map(|s| s.events.iter().map(|e| &e.log))
-        .collect();
+fn touched_logs(events: &[Vec<PreparedEvent>]) -> Vec<LogKey> {
+    let mut touched: Vec<&LogKey> = events.iter().flatten().map(|e| &e.log).collect();
     touched.sort_unstable();
     touched.dedup();
     touched.into_iter().cloned().collect()

@@ -112,6 +112,12 @@ impl WriteBatch {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Appends `other`'s operations after this batch's (one atomic write of both).
+    pub fn append(&mut self, mut other: WriteBatch) {
+        self.bytes += other.bytes;
+        self.ops.append(&mut other.ops);
+    }
 }
 
 /// Scan direction.
