@@ -165,6 +165,33 @@ pub struct ServerSection {
     /// streams) before it is reported as lost events.
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub seq_gap_grace: Duration,
+    // Hardening against hostile clients (docs/reliability.md, "Hostile clients").
+    /// Open client connections (plaintext and TLS); connections beyond it are closed at once.
+    pub max_connections: usize,
+    /// A connection that sends no byte (HTTP/2 preface) within this long is closed.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub handshake_timeout: Duration,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection (tonic's default is unlimited).
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE, bytes: larger metadata is refused.
+    pub max_header_list_size: u32,
+    /// HTTP/2 PING interval on idle connections, and how long an unanswered PING may wait
+    /// before the connection is closed.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub http2_keepalive_interval: Duration,
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub http2_keepalive_timeout: Duration,
+    /// A call must produce its response (for unary calls: after its whole request arrived)
+    /// within this long; bounds request bodies that never complete.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub request_timeout: Duration,
+    /// An `AppendStream` that delivers no complete request for this long is closed.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub stream_idle_timeout: Duration,
+    /// Identical denials (same principal, peer address, method, target and reason) within
+    /// this window are recorded once, plus one system-log record counting the repeats.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub denial_window: Duration,
 }
 
 impl Default for ServerSection {
@@ -178,6 +205,15 @@ impl Default for ServerSection {
             tls_key: PathBuf::new(),
             tls_client_ca: PathBuf::new(),
             seq_gap_grace: Duration::from_secs(10),
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 128,
+            max_header_list_size: 16 << 10,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(300),
+            denial_window: Duration::from_secs(1),
         }
     }
 }
@@ -385,6 +421,26 @@ tls_client_ca = ""
 # A gap in a gateway's gateway_seq still open after this long is reported (metric and system
 # log) as events lost between gateway and ledger.
 seq_gap_grace = "10s"
+# Limits against hostile or broken clients (docs/reliability.md, "Hostile clients").
+# Open connections; more are closed as soon as they are accepted.
+max_connections = 1024
+# A connection that sends nothing (no HTTP/2 preface) for this long is closed.
+handshake_timeout = "10s"
+# HTTP/2 streams (calls) at once per connection, and the largest request metadata in bytes.
+max_concurrent_streams = 128
+max_header_list_size = 16384
+# HTTP/2 PING on idle connections; one unanswered for keepalive_timeout closes the connection.
+http2_keepalive_interval = "30s"
+http2_keepalive_timeout = "20s"
+# A call must start answering within this long (a unary request body that never completes is
+# cut off); streaming responses may then run longer.
+request_timeout = "1m"
+# An AppendStream that delivers no complete request for this long is closed.
+stream_idle_timeout = "5m"
+# Repeated identical denials (same principal, peer, method, target, reason) in this window are
+# recorded once, then summed in one system-log record: a flood of bad tokens cannot turn the
+# system log into an amplifier.
+denial_window = "1s"
 
 [auth]
 # Hashes of bearer tokens (never the tokens), written by `auditledger token create`.
@@ -554,6 +610,34 @@ impl Config {
         }
         if self.server.max_inflight_per_stream == 0 {
             return Err("server.max_inflight_per_stream must be positive".into());
+        }
+        let s = &self.server;
+        for (name, zero) in [
+            ("server.max_connections", s.max_connections == 0),
+            (
+                "server.max_concurrent_streams",
+                s.max_concurrent_streams == 0,
+            ),
+            ("server.max_header_list_size", s.max_header_list_size == 0),
+            ("server.handshake_timeout", s.handshake_timeout.is_zero()),
+            (
+                "server.http2_keepalive_interval",
+                s.http2_keepalive_interval.is_zero(),
+            ),
+            (
+                "server.http2_keepalive_timeout",
+                s.http2_keepalive_timeout.is_zero(),
+            ),
+            ("server.request_timeout", s.request_timeout.is_zero()),
+            (
+                "server.stream_idle_timeout",
+                s.stream_idle_timeout.is_zero(),
+            ),
+            ("server.denial_window", s.denial_window.is_zero()),
+        ] {
+            if zero {
+                return Err(format!("{name} must be positive"));
+            }
         }
         for (i, key) in self.witnesses.keys.iter().enumerate() {
             let parsed = auditledger_ledger::cosignature::WitnessKey::parse(key)

@@ -24,6 +24,8 @@ pub struct ServerMetrics {
     seq_anomalies: Mutex<BTreeMap<(String, String, &'static str), u64>>,
     /// Events in append requests, by tenant.
     appended: Mutex<BTreeMap<String, u64>>,
+    /// Connection limits, idle streams and aggregated denials (`crate::hardening`).
+    pub hardening: Arc<crate::hardening::HardeningCounters>,
 }
 
 impl ServerMetrics {
@@ -214,6 +216,7 @@ pub fn render(ledger: &Ledger, server: &ServerMetrics) -> String {
             escape(gateway)
         );
     }
+    render_hardening(&mut out, &server.hardening);
     let _ = writeln!(
         out,
         "# HELP auditledger_log_tree_size Leaves per log.\n# TYPE auditledger_log_tree_size gauge"
@@ -227,6 +230,48 @@ pub fn render(ledger: &Ledger, server: &ServerMetrics) -> String {
         );
     }
     out
+}
+
+fn render_hardening(out: &mut String, h: &crate::hardening::HardeningCounters) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    gauge(
+        out,
+        "auditledger_connections_open",
+        "Client connections open now.",
+        get(&h.open),
+    );
+    for (name, help, value) in [
+        (
+            "auditledger_connections_refused_total",
+            "Connections closed at accept: server.max_connections were open.",
+            get(&h.refused),
+        ),
+        (
+            "auditledger_connections_silent_closed_total",
+            "Connections closed after sending nothing within server.handshake_timeout.",
+            get(&h.silent_closed),
+        ),
+        (
+            "auditledger_streams_idle_closed_total",
+            "AppendStreams closed after server.stream_idle_timeout without a request.",
+            get(&h.idle_streams_closed),
+        ),
+        (
+            "auditledger_denials_recorded_total",
+            "Denials recorded in the system log one by one.",
+            get(&h.denials_recorded),
+        ),
+        (
+            "auditledger_denials_aggregated_total",
+            "Repeated identical denials recorded as counts in per-window summaries.",
+            get(&h.denials_aggregated),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {

@@ -111,6 +111,12 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         archiver: archiver.clone(),
+        // 4096 distinct denials per window: beyond that only a total is kept.
+        denials: crate::hardening::DenialLimiter::new(
+            config.server.denial_window,
+            4096,
+            metrics.hardening.clone(),
+        ),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -183,6 +189,7 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
             tick.tick().await;
             let gaps = sweeper_state.seq.expired_gaps(Instant::now());
             sweeper_state.seq_anomalies(gaps);
+            sweeper_state.flush_denials();
         }
     });
 
@@ -203,8 +210,14 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         // 64 KiB windows would stall them on flow control.
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // Hostile-client limits (docs/reliability.md "Hostile clients"). tonic leaves streams
+        // per connection unlimited unless told; hyper's header-list default (16 KiB) is made
+        // explicit; the timeout bounds unary request bodies that never complete.
+        .max_concurrent_streams(Some(config.server.max_concurrent_streams))
+        .http2_max_header_list_size(Some(config.server.max_header_list_size))
+        .http2_keepalive_interval(Some(config.server.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.server.http2_keepalive_timeout))
+        .timeout(config.server.request_timeout)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ingest)
@@ -217,17 +230,31 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
     let graceful = async move {
         let _ = signal_rx.wait_for(|s| *s).await;
     };
+    let (max_connections, handshake_timeout, counters) = (
+        config.server.max_connections,
+        config.server.handshake_timeout,
+        metrics.hardening.clone(),
+    );
     let server = async move {
         match tls_config {
             Some(tls) => {
-                let incoming = ReceiverStream::new(tls::incoming(listener, tls));
+                let incoming = crate::hardening::limit_connections(
+                    ReceiverStream::new(tls::incoming(listener, tls)),
+                    max_connections,
+                    handshake_timeout,
+                    counters,
+                );
                 router
                     .serve_with_incoming_shutdown(incoming, graceful)
                     .await
             }
             None => {
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                let incoming = crate::hardening::limit_connections(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    max_connections,
+                    handshake_timeout,
+                    counters,
+                );
                 router
                     .serve_with_incoming_shutdown(incoming, graceful)
                     .await

@@ -36,6 +36,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Tiering: reads of archived leaves go through its reader.
     pub archiver: Arc<auditledger_archiver::Archiver>,
+    /// Folds repeated identical denials into per-window counts (`server.denial_window`).
+    pub denials: crate::hardening::DenialLimiter,
 }
 
 fn proto_tier(t: auditledger_ledger::segments::Tier) -> pb::Tier {
@@ -71,7 +73,8 @@ impl AppState {
         let cn = peer_common_name(req);
         self.auth.authenticate(header, cn.as_deref()).map_err(|e| {
             self.metrics.reject("", "unauthenticated");
-            self.deny("anonymous", method, environment, "", &e.to_string());
+            let peer = req.remote_addr().map(|a| a.ip());
+            self.deny_from(peer, "anonymous", method, environment, "", &e.to_string());
             status::from_auth(&e)
         })
     }
@@ -84,7 +87,39 @@ impl AppState {
         target: &str,
         reason: &str,
     ) {
-        tracing::warn!(principal, method, target, reason, "request denied");
+        self.deny_from(None, principal, method, environment, target, reason);
+    }
+
+    /// Records a denial in the system log, unless the same denial (principal, peer, method,
+    /// target, reason) was already recorded in this `server.denial_window`: then it is only
+    /// counted, and the count is recorded when the window ends ([`Self::flush_denials`]).
+    pub(crate) fn deny_from(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        principal: &str,
+        method: &str,
+        environment: &str,
+        target: &str,
+        reason: &str,
+    ) {
+        let key = crate::hardening::DenialKey {
+            principal: principal.to_owned(),
+            peer,
+            method: method.to_owned(),
+            environment: environment.to_owned(),
+            target: target.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (record, flushed) = self.denials.admit(key, Instant::now());
+        self.record_repeats(flushed);
+        if !record {
+            return;
+        }
+        tracing::warn!(principal, method, target, reason, ?peer, "request denied");
+        let mut attributes = BTreeMap::new();
+        if let Some(peer) = peer {
+            attributes.insert("peer".to_owned(), peer.to_string());
+        }
         self.syslog.record_later(&SystemRecord {
             kind: EventKind::Auth,
             environment: environment.to_owned(),
@@ -94,8 +129,61 @@ impl AppState {
             reason: reason.to_owned(),
             target: target.to_owned(),
             justification: String::new(),
-            attributes: BTreeMap::new(),
+            attributes,
         });
+    }
+
+    /// Records the repeat counts of a denial window that has ended (called every second).
+    pub(crate) fn flush_denials(&self) {
+        let flushed = self.denials.flush(Instant::now());
+        self.record_repeats(flushed);
+    }
+
+    fn record_repeats(&self, flushed: crate::hardening::Flushed) {
+        for r in flushed.repeats {
+            let mut attributes = BTreeMap::from([
+                ("repeated".to_owned(), r.count.to_string()),
+                ("window_ms".to_owned(), r.window.as_millis().to_string()),
+            ]);
+            if let Some(peer) = r.key.peer {
+                attributes.insert("peer".to_owned(), peer.to_string());
+            }
+            tracing::warn!(principal = %r.key.principal, method = %r.key.method, repeated = r.count, "repeated denials");
+            self.syslog.record_later(&SystemRecord {
+                kind: EventKind::Auth,
+                environment: r.key.environment,
+                principal: r.key.principal,
+                method: r.key.method,
+                decision: Decision::Deny,
+                reason: format!("{} more times: {}", r.count, r.key.reason),
+                target: r.key.target,
+                justification: String::new(),
+                attributes,
+            });
+        }
+        if flushed.untracked > 0 {
+            tracing::warn!(
+                denials = flushed.untracked,
+                "denials from too many distinct callers to track"
+            );
+            self.syslog.record_later(&SystemRecord {
+                kind: EventKind::Auth,
+                environment: String::new(),
+                principal: "various".into(),
+                method: "various".into(),
+                decision: Decision::Deny,
+                reason: format!(
+                    "{} further denials from more distinct principals and peers than one window tracks",
+                    flushed.untracked
+                ),
+                target: String::new(),
+                justification: String::new(),
+                attributes: BTreeMap::from([(
+                    "repeated".to_owned(),
+                    flushed.untracked.to_string(),
+                )]),
+            });
+        }
     }
 
     /// Records a denial that concerns the log of `tenant`/`environment`.
@@ -710,10 +798,27 @@ impl pb::ingest_server::Ingest for IngestService {
         let reader_principal = principal.clone();
         tokio::spawn(async move {
             let mut shutdown = reader_state.shutdown.clone();
+            let idle = reader_state.config.server.stream_idle_timeout;
             loop {
                 let next = tokio::select! {
-                    msg = inbound.message() => msg,
+                    msg = tokio::time::timeout(idle, inbound.message()) => msg,
                     _ = shutdown.wait_for(|s| *s) => break,
+                };
+                // No complete request for stream_idle_timeout (an idle or trickling client):
+                // close the stream so it pins neither memory nor a quota slot.
+                let Ok(next) = next else {
+                    reader_state
+                        .metrics
+                        .hardening
+                        .idle_streams_closed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = slot_tx
+                        .send(Slot::Fail(Status::deadline_exceeded(format!(
+                            "no append request on this stream for {} (server.stream_idle_timeout); open a new stream",
+                            humantime::format_duration(idle)
+                        ))))
+                        .await;
+                    break;
                 };
                 match next {
                     Ok(Some(req)) => {
