@@ -10,7 +10,6 @@ pub mod hardening;
 pub mod investigate;
 pub mod logging;
 pub mod metrics;
-pub mod ocsf;
 pub mod open;
 pub mod quotas;
 pub mod seqtrack;
