@@ -42,12 +42,13 @@ fn hash32(bytes: &[u8], what: &str) -> Result<Hash, String> {
 }
 
 /// Converts a wire receipt; `batch_checkpoint` is the response's checkpoint (for receipts of the
-/// first event's log). Verifies the proof when `keys` is not empty.
+/// first event's log). Verifies the proof when `keys` is not empty. The second value says why
+/// the receipt is malformed or does not verify.
 pub(crate) fn from_pb(
     r: &pb::Receipt,
     batch_checkpoint: Option<&pb::SignedCheckpoint>,
     keys: &[VerifierKey],
-) -> Result<Receipt, (Receipt, String)> {
+) -> (Receipt, Option<String>) {
     let mut receipt = Receipt {
         event_id: r.event_id.clone(),
         origin: r.origin.clone(),
@@ -58,10 +59,10 @@ pub(crate) fn from_pb(
     };
     match hash32(&r.leaf_hash, "leaf_hash") {
         Ok(h) => receipt.leaf_hash = h,
-        Err(e) => return Err((receipt, e)),
+        Err(e) => return (receipt, Some(e)),
     }
     let Some(proof) = &r.proof else {
-        return Ok(receipt);
+        return (receipt, None);
     };
     let note = proof
         .checkpoint
@@ -69,13 +70,13 @@ pub(crate) fn from_pb(
         .or(batch_checkpoint)
         .map(|c| c.note.clone());
     let Some(note) = note else {
-        return Err((receipt, "proof without a checkpoint".into()));
+        return (receipt, Some("proof without a checkpoint".into()));
     };
     let mut hashes = Vec::with_capacity(proof.hashes.len());
     for (i, h) in proof.hashes.iter().enumerate() {
         match hash32(h, &format!("proof hash {i}")) {
             Ok(h) => hashes.push(h),
-            Err(e) => return Err((receipt, e)),
+            Err(e) => return (receipt, Some(e)),
         }
     }
     let mut inclusion = Inclusion {
@@ -89,12 +90,12 @@ pub(crate) fn from_pb(
             Ok(names) => inclusion.verified_by = names,
             Err(reason) => {
                 receipt.inclusion = Some(inclusion);
-                return Err((receipt, reason));
+                return (receipt, Some(reason));
             }
         }
     }
     receipt.inclusion = Some(inclusion);
-    Ok(receipt)
+    (receipt, None)
 }
 
 /// Checks the signature of the checkpoint (any one key), its origin, its size and the

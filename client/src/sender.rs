@@ -134,11 +134,10 @@ enum Wake {
 fn hint_from_message(message: &str) -> Option<Duration> {
     let rest = &message[message.find("retry after ")? + "retry after ".len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    rest[digits.len()..]
-        .trim_start()
-        .starts_with("ms")
-        .then(|| digits.parse().ok().map(Duration::from_millis))
-        .flatten()
+    if !rest[digits.len()..].trim_start().starts_with("ms") {
+        return None;
+    }
+    digits.parse().ok().map(Duration::from_millis)
 }
 
 fn hint_from_status(status: &tonic::Status) -> Option<Duration> {
@@ -152,7 +151,6 @@ fn hint_from_status(status: &tonic::Status) -> Option<Duration> {
 }
 
 impl Sender {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: IngestClient<Channel>,
         auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
@@ -597,7 +595,7 @@ impl Sender {
             let metrics = &self.shared.metrics;
             Metrics::add(&metrics.acknowledged, 1);
             let outcome = match result {
-                Ok(receipt) => {
+                (receipt, None) => {
                     if receipt.duplicate {
                         Metrics::add(&metrics.duplicates, 1);
                     }
@@ -610,7 +608,7 @@ impl Sender {
                     }
                     Ok(receipt)
                 }
-                Err((receipt, reason)) => {
+                (receipt, Some(reason)) => {
                     Metrics::add(&metrics.verify_failures, 1);
                     tracing::error!(event_id = %receipt.event_id, leaf_index = receipt.leaf_index, %reason,
                         "receipt does not verify against a trusted checkpoint");

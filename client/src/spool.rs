@@ -319,7 +319,7 @@ pub(crate) fn open(
                 .map_err(|e| SpoolError::io(&path, "opening", e))?;
             if good < MAGIC.len() {
                 file.set_len(0)
-                    .and_then(|()| file.write_all_at_start(MAGIC))
+                    .and_then(|()| std::os::unix::fs::FileExt::write_all_at(&file, MAGIC, 0))
                     .map_err(|e| SpoolError::io(&path, "rewriting the header", e))?;
                 good = MAGIC.len();
             } else {
@@ -399,17 +399,6 @@ pub(crate) fn open(
         reader,
         replay,
     })
-}
-
-trait WriteAtStart {
-    fn write_all_at_start(&self, data: &[u8]) -> std::io::Result<()>;
-}
-
-impl WriteAtStart for File {
-    fn write_all_at_start(&self, data: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt as _;
-        self.write_all_at(data, 0)
-    }
 }
 
 fn count_frames(path: &Path) -> Result<u64, SpoolError> {
