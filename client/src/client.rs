@@ -327,12 +327,12 @@ impl Client {
                     space.borrow_and_update();
                     let (rtx, rrx) = oneshot::channel();
                     let (reply_tx, reply_rx) = oneshot::channel();
-                    let job = AppendJob {
+                    let job = Box::new(AppendJob {
                         event: event.clone(),
                         assign_gateway_seq: assign_seq,
                         receipt_tx: rtx,
                         reply: reply_tx,
-                    };
+                    });
                     let sent = writer
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

@@ -443,7 +443,7 @@ pub(crate) struct AppendJob {
 }
 
 pub(crate) enum WriterMsg {
-    Append(AppendJob),
+    Append(Box<AppendJob>),
     /// Everything before this position has a receipt.
     Ack(SpoolPos),
 }
@@ -494,7 +494,7 @@ impl SpoolWriter {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    WriterMsg::Append(job) => jobs.push(job),
+                    WriterMsg::Append(job) => jobs.push(*job),
                     WriterMsg::Ack(pos) => ack = Some(ack.map_or(pos, |a: SpoolPos| a.max(pos))),
                 }
                 if jobs.len() < MAX_GROUP {
