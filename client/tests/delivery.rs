@@ -378,3 +378,59 @@ fn over_quota_batches_wait_for_the_hint_and_are_split_when_too_big() {
         client.close(Duration::from_secs(5)).await;
     });
 }
+
+#[test]
+fn a_hung_ledger_is_detected_by_request_timeout_and_nothing_is_lost() {
+    const N: usize = 300;
+    let ledger = Ledger::init(&[]);
+    let gateway = ledger.token("gateway");
+    let investigator = ledger.token("investigator");
+    let server = Server::start(&ledger, free_port());
+    let pid = server.child.id() as i32;
+    let rt = rt();
+    rt.block_on(async {
+        let options = Options {
+            max_batch_events: 10,
+            request_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            ..Options::default()
+        };
+        let client = Client::connect(&server.url(), &gateway, options)
+            .await
+            .expect("connect");
+        let mut handles = Vec::new();
+        for i in 0..N / 2 {
+            handles.push(client.record(tool_call(i)).await.expect("record"));
+        }
+        client.flush(Duration::from_secs(60)).await.expect("flush");
+        // The ledger stops answering without closing anything (SIGSTOP): the connection stays
+        // up, responses never come.
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        for i in N / 2..N {
+            handles.push(client.record(tool_call(i)).await.expect("record"));
+        }
+        // Bounded wait until the client gave up on the hung stream at least once.
+        for _ in 0..1000 {
+            if client.metrics().stream_failures > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let failures = client.metrics().stream_failures;
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        assert!(failures > 0, "the hung stream was never abandoned");
+        client.flush(Duration::from_secs(120)).await.expect("flush");
+        let mut ids = HashSet::new();
+        for h in handles {
+            ids.insert(h.receipt().await.expect("receipt").event_id);
+        }
+        let log = leaves(&server.url(), &investigator).await;
+        assert_eq!(log.len(), N, "nothing lost or doubled");
+        assert_eq!(counts(&log).into_keys().collect::<HashSet<_>>(), ids);
+        client.close(Duration::from_secs(5)).await;
+    });
+}
