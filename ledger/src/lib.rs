@@ -16,6 +16,7 @@ pub mod holds;
 mod indexer;
 pub mod keys;
 pub mod layout;
+pub mod leaf_hashes;
 mod ledger;
 pub mod merkle;
 pub mod metrics;
