@@ -127,6 +127,8 @@ struct Seen {
     refused: HashSet<u32>,
     goaway: bool,
     eof: bool,
+    /// The server raised the connection window (WINDOW_UPDATE on stream 0).
+    window_opened: bool,
 }
 
 /// A raw HTTP/2 connection.
@@ -190,16 +192,22 @@ impl Conn {
                         }
                     }
                     GOAWAY => seen.goaway = true,
+                    WINDOW_UPDATE if stream == 0 => seen.window_opened = true,
                     _ => {}
                 }
             }
             s.lock().unwrap().eof = true;
         });
-        Ok(Conn {
+        let conn = Conn {
             writer,
             seen,
             reader: Some(reader),
-        })
+        };
+        // Until the server's WINDOW_UPDATE arrives, the connection window is the initial
+        // 65,535 bytes: sending more at once is a flow-control error that closes the
+        // connection, which would test the wrong thing. Bounded wait.
+        conn.wait(Duration::from_secs(10), |s| s.window_opened || s.eof);
+        Ok(conn)
     }
 
     pub fn send(&self, bytes: &[u8]) -> io::Result<()> {
@@ -266,6 +274,8 @@ pub struct ProcStats {
     pub hwm_kib: u64,
     pub threads: u64,
     pub fds: u64,
+    /// Of `fds`, sockets (the rest are mostly RocksDB files, which grow with the data).
+    pub sockets: u64,
 }
 
 pub fn proc_stats(pid: u32) -> Option<ProcStats> {
@@ -279,11 +289,20 @@ pub fn proc_stats(pid: u32) -> Option<ProcStats> {
             .parse()
             .ok()
     };
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    let (mut fds, mut sockets) = (0, 0);
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        fds += 1;
+        if std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        {
+            sockets += 1;
+        }
+    }
     Some(ProcStats {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
         threads: field("Threads:")?,
         fds,
+        sockets,
     })
 }
