@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arrow::array::{Array, BinaryArray, FixedSizeBinaryArray, RecordBatch, UInt64Array};
 use arrow::datatypes::DataType;
 use auditledger_ledger::event::{LeafRecord, decode_leaf};
+use auditledger_ledger::leaf_hashes::leaf_hashes;
 use auditledger_ledger::merkle::{
     CompactRange, HASH_LEN, Hash, HashReader, MemoryTree, MerkleError, MissingNode, NodeId,
     leaf_hash,
@@ -258,8 +259,11 @@ impl SegmentReader {
         while let Some(batch) = batches.next().await {
             let batch = batch.map_err(|e| SegmentError::parquet(id, "reading rows", e))?;
             let columns = BatchColumns::of(id, &batch)?;
-            for row in 0..batch.num_rows() {
-                checker.row(&columns, row, true)?;
+            for (row, leaf) in leaf_checks(&columns, batch.num_rows())
+                .into_iter()
+                .enumerate()
+            {
+                checker.row(&columns, row, leaf)?;
             }
         }
         let (root, expired_leaves) = checker.finish()?;
@@ -373,7 +377,7 @@ impl SegmentReader {
             let batch = batch.map_err(|e| SegmentError::parquet(id, "reading leaf hashes", e))?;
             let columns = BatchColumns::of(id, &batch)?;
             for row in 0..batch.num_rows() {
-                hashes.push(checker.row(&columns, row, false)?);
+                hashes.push(checker.row(&columns, row, LeafCheck::NotChecked)?);
             }
         }
         let (root, _) = checker.finish()?;
@@ -830,6 +834,30 @@ fn batch_rows(id: &SegmentId, batch: &RecordBatch) -> Result<Vec<SegmentRow>, Se
 
 /// Checks rows one by one in file order: contiguity, completeness, leaf hashes; folds the
 /// hashes into the segment root.
+/// What [`RowChecker::row`] knows about a row's leaf bytes.
+#[derive(Clone, Copy)]
+enum LeafCheck {
+    /// The leaf bytes were not read.
+    NotChecked,
+    /// The row has no leaf bytes (expired).
+    Absent,
+    /// The hash of the row's leaf bytes.
+    Hashed(Hash),
+}
+
+/// [`LeafCheck`] of every row of a batch; the present leaves are hashed together (several
+/// per SIMD lane group, [`leaf_hashes`]), which is most of the time of a full verification.
+fn leaf_checks(columns: &BatchColumns<'_>, rows: usize) -> Vec<LeafCheck> {
+    let present: Vec<&[u8]> = (0..rows).filter_map(|row| columns.leaf(row)).collect();
+    let mut hashes = leaf_hashes(&present).into_iter();
+    (0..rows)
+        .map(|row| match columns.leaf(row) {
+            Some(_) => LeafCheck::Hashed(hashes.next().expect("one hash per present leaf")),
+            None => LeafCheck::Absent,
+        })
+        .collect()
+}
+
 struct RowChecker<'a> {
     id: &'a SegmentId,
     range: CompactRange,
@@ -845,12 +873,12 @@ impl<'a> RowChecker<'a> {
         }
     }
 
-    /// Checks row `row` of `columns`; with `check_leaf`, also its leaf bytes. Returns its hash.
+    /// Checks row `row` of `columns` and, as `leaf` says, its leaf bytes. Returns its hash.
     fn row(
         &mut self,
         columns: &BatchColumns<'_>,
         row: usize,
-        check_leaf: bool,
+        leaf: LeafCheck,
     ) -> Result<Hash, SegmentError> {
         let expected = self.range.end();
         let found = columns.leaf_index(row).ok_or_else(|| {
@@ -881,11 +909,20 @@ impl<'a> RowChecker<'a> {
                 },
             )
         })?;
-        if check_leaf {
-            match columns.leaf(row) {
-                Some(leaf) => check_leaf_hash(self.id, expected, &hash, leaf)?,
-                None => self.expired_leaves += 1,
+        match leaf {
+            LeafCheck::NotChecked => {}
+            LeafCheck::Absent => self.expired_leaves += 1,
+            LeafCheck::Hashed(computed) if computed != hash => {
+                return Err(SegmentError::leaf(
+                    self.id,
+                    expected,
+                    LeafProblem::HashMismatch {
+                        stored: hash_hex(&hash),
+                        computed: hash_hex(&computed),
+                    },
+                ));
             }
+            LeafCheck::Hashed(_) => {}
         }
         self.range.append(hash);
         Ok(hash)
@@ -1002,9 +1039,10 @@ where
     while let Some(batch) = batches.next().await {
         let batch = batch.map_err(|e| SegmentError::parquet(id, "reading rows", e))?;
         let columns = BatchColumns::of(id, &batch)?;
-        for row in 0..batch.num_rows() {
+        let checks = leaf_checks(&columns, batch.num_rows());
+        for (row, leaf) in checks.into_iter().enumerate() {
             let leaf_index = writer.next_leaf_index();
-            let hash = checker.row(&columns, row, true)?;
+            let hash = checker.row(&columns, row, leaf)?;
             match columns.leaf(row) {
                 Some(leaf) => {
                     let record = decode_leaf(leaf)
