@@ -349,6 +349,17 @@ impl Sequencer {
             if let Some(log) = self.logs.get_mut(key) {
                 let state = self.shared.load_state(log.info.log_id)?;
                 if state != log.state {
+                    if state.tree_size > log.state.tree_size {
+                        // The failed write was applied after all (its acknowledgement was
+                        // lost): its leaves never reached the indexer, whose watermark moves
+                        // past them with the next group. Index them here.
+                        index_leaves(
+                            self.shared.store.as_ref(),
+                            log.info.log_id,
+                            log.state.tree_size,
+                            state.tree_size,
+                        )?;
+                    }
                     log.edge = TileEdge::load(
                         self.shared.store.as_ref(),
                         log.info.log_id,
@@ -628,6 +639,41 @@ impl Sequencer {
         let hash = reader.read_hashes(&[NodeId::new(0, leaf_index)])?[0];
         Ok((hash, None))
     }
+}
+
+/// Writes the leaf-hash index entries of leaves `[from, to)` from the stored leaves, without
+/// the watermark (the indexer owns it; re-indexing at open is idempotent).
+fn index_leaves(
+    store: &dyn crate::store::Store,
+    log_id: LogId,
+    from: u64,
+    to: u64,
+) -> Result<(), LedgerError> {
+    let mut batch = WriteBatch::new();
+    let mut next = from;
+    store.scan(
+        Space::Leaves,
+        &layout::leaf_key(log_id, from),
+        Some(&layout::leaf_key(log_id, to)),
+        crate::store::Direction::Forward,
+        &mut |_, leaf| {
+            batch.put(
+                Space::LeafHashes,
+                layout::leaf_hash_key(log_id, &leaf_hash(leaf)).to_vec(),
+                next.to_be_bytes().to_vec(),
+            );
+            next += 1;
+            true
+        },
+    )?;
+    if next != to {
+        return Err(LedgerError::Corrupt(format!(
+            "log {log_id}: the store's state has {to} leaves but leaves {from}..{to} hold {}",
+            next - from
+        )));
+    }
+    store.write(batch, false)?;
+    Ok(())
 }
 
 /// The error a submission gets when its group failed.

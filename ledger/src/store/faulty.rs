@@ -1,5 +1,12 @@
 //! A store wrapper that fails, delays or half-fails on purpose, to prove that the ledger never
 //! acknowledges what it did not persist and recovers when storage comes back.
+//!
+//! "Half-fails": a [`Store`] write is atomic (RocksDB applies a `WriteBatch` whole or not at
+//! all, and a batch torn by a crash is dropped from the WAL tail on reopen), so the only partial
+//! outcome a caller can see is an *ambiguous* one: the batch was applied but the write reported
+//! an error (e.g. the data reached the WAL and the sync failed). [`WriteFaults::apply_then_fail`]
+//! injects exactly that. A batch applied in part would break the store's contract (the
+//! conformance suite checks that a failed write applies nothing), so it is not offered.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +27,9 @@ pub struct WriteFaults {
     /// Apply the faults above only to durable (synced) writes, leaving background writes
     /// (such as the leaf-hash indexer's) alone.
     pub durable_only: bool,
+    /// An injected failure (`fail_next`, `fail_all`) still applies the batch first: the write
+    /// happened, its acknowledgement was lost.
+    pub apply_then_fail: bool,
 }
 
 #[derive(Debug)]
@@ -27,6 +37,8 @@ pub struct FaultyStore<S> {
     inner: S,
     faults: Mutex<WriteFaults>,
     fail_reads: AtomicBool,
+    /// Sleep this long (milliseconds) before each read (a slow disk).
+    read_delay_ms: AtomicU64,
     writes_ok: AtomicU64,
     writes_failed: AtomicU64,
 }
@@ -37,6 +49,7 @@ impl<S: Store> FaultyStore<S> {
             inner,
             faults: Mutex::new(WriteFaults::default()),
             fail_reads: AtomicBool::new(false),
+            read_delay_ms: AtomicU64::new(0),
             writes_ok: AtomicU64::new(0),
             writes_failed: AtomicU64::new(0),
         }
@@ -54,6 +67,11 @@ impl<S: Store> FaultyStore<S> {
         self.fail_reads.store(fail, Ordering::SeqCst);
     }
 
+    pub fn set_read_delay(&self, delay: Duration) {
+        self.read_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// (successful writes, failed writes) so far.
     pub fn write_counts(&self) -> (u64, u64) {
         (
@@ -63,6 +81,10 @@ impl<S: Store> FaultyStore<S> {
     }
 
     fn read_fault(&self) -> Result<(), StoreError> {
+        let delay = self.read_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(StoreError::Injected("read failure".into()));
         }
@@ -72,7 +94,7 @@ impl<S: Store> FaultyStore<S> {
 
 impl<S: Store> Store for FaultyStore<S> {
     fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError> {
-        let (delay, fault) = {
+        let (delay, fault, apply) = {
             let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
             let applies = durable || !faults.durable_only;
             let fault = if !applies {
@@ -85,12 +107,15 @@ impl<S: Store> Store for FaultyStore<S> {
             } else {
                 None
             };
-            (faults.delay, fault)
+            (faults.delay, fault, faults.apply_then_fail)
         };
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
         if let Some(err) = fault {
+            if apply {
+                self.inner.write(batch, durable)?;
+            }
             self.writes_failed.fetch_add(1, Ordering::SeqCst);
             return Err(err);
         }

@@ -82,6 +82,23 @@ fn map_err(err: rocksdb::Error) -> StoreError {
     }
 }
 
+/// After a failed write-ahead-log write (disk full, I/O error) RocksDB puts the database in a
+/// read-only background-error state and keeps returning that error for every write, even once
+/// space is back: rust-rocksdb 0.25 and the C API expose no `Resume`, and its automatic
+/// recovery does not cover WAL writes. Only reopening clears it, and a reopen is what the
+/// ledger does on restart (reloading every log from the store, which also covers a refused
+/// group whose WAL record did survive). So the error says what the operator must do.
+/// docs/reliability.md "Storage faults".
+fn write_failed(err: StoreError) -> StoreError {
+    const RESTART: &str = " (the hot store refuses writes from now on: free space or fix the \
+        device, then restart the server)";
+    match err {
+        StoreError::NoSpace(m) => StoreError::NoSpace(m + RESTART),
+        StoreError::Io(m) => StoreError::Io(m + RESTART),
+        other => other,
+    }
+}
+
 fn table_options(cache: &Cache, bloom: bool) -> BlockBasedOptions {
     let mut t = BlockBasedOptions::default();
     t.set_block_cache(cache);
@@ -221,7 +238,9 @@ impl Store for RocksStore {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(durable);
-        self.db.write_opt(wb, &wo).map_err(map_err)
+        self.db
+            .write_opt(wb, &wo)
+            .map_err(|e| write_failed(map_err(e)))
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
