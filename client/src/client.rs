@@ -253,6 +253,9 @@ impl Client {
             }
         })?;
         let metrics = &self.shared.metrics;
+        // Counted before the sender can see the event (it decrements when the outcome comes);
+        // given back if `record` fails.
+        let outstanding = OutstandingGuard::new(&metrics.buffered);
         let handle = match &self.mode {
             Mode::Memory {
                 tx,
@@ -378,7 +381,7 @@ impl Client {
             }
         };
         Metrics::add(&metrics.recorded, 1);
-        metrics.buffered.fetch_add(1, Ordering::Relaxed);
+        outstanding.keep();
         self.shared.wake.notify_one();
         Ok(handle)
     }
@@ -433,6 +436,31 @@ impl Client {
     /// The counters (recorded, spooled, sent, retried, rejected, …).
     pub fn metrics(&self) -> MetricsSnapshot {
         self.shared.metrics.snapshot()
+    }
+}
+
+/// +1 on the outstanding gauge, undone on drop unless kept.
+struct OutstandingGuard<'a> {
+    gauge: &'a AtomicU64,
+    kept: bool,
+}
+
+impl<'a> OutstandingGuard<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        OutstandingGuard { gauge, kept: false }
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for OutstandingGuard<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.gauge.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
