@@ -133,6 +133,31 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
     health_reporter
         .set_serving::<InvestigateServer<InvestigateService>>()
         .await;
+    // Ingest is reported NOT_SERVING while appends cannot be made durable (the hot store
+    // refuses writes: disk full, I/O error), so load balancers and gateways route or spool
+    // instead of collecting UNAVAILABLE answers; it is SERVING again once a write succeeds.
+    let health_watch = tokio::spawn({
+        let reporter = health_reporter.clone();
+        let ledger = ledger.clone();
+        async move {
+            let mut serving = true;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let healthy = ledger.write_error().is_none();
+                if healthy != serving {
+                    serving = healthy;
+                    if healthy {
+                        reporter.set_serving::<IngestServer<IngestService>>().await;
+                    } else {
+                        reporter
+                            .set_not_serving::<IngestServer<IngestService>>()
+                            .await;
+                    }
+                }
+            }
+        }
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(auditledger_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -274,6 +299,7 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         }
     }
     sweeper.abort();
+    health_watch.abort();
     if let Some(mut task) = archive_task {
         // A pass in progress finishes (every step is idempotent, but finishing is cheaper
         // than redoing); one that overruns the grace is cut off and redone next start.

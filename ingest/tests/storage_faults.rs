@@ -15,6 +15,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use tonic_health::pb as pb_health;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use auditledger_ingest::config::Config;
 use auditledger_ingest::metrics::ServerMetrics;
@@ -458,6 +461,33 @@ fn real_disk_full_refuses_with_unavailable_and_recovers_when_space_returns() {
         std::fs::remove_file(&filler).unwrap();
         let status = append(&mut ingest, &refused, &gw).await.unwrap_err();
         assert_unavailable_naming(&status, "then restart the server");
+        // Health says so too: the ingest service is not serving (the server checks every
+        // second; bounded wait), the read-only services still are.
+        let mut health = HealthClient::new(server.channel().await);
+        let status_of = |service: &str| pb_health::HealthCheckRequest {
+            service: service.into(),
+        };
+        let mut ingest_status = ServingStatus::Serving as i32;
+        for _ in 0..50 {
+            ingest_status = health
+                .check(status_of("auditledger.v1.Ingest"))
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if ingest_status == ServingStatus::NotServing as i32 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(ingest_status, ServingStatus::NotServing as i32);
+        let log_status = health
+            .check(status_of("auditledger.v1.Log"))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(log_status, ServingStatus::Serving as i32);
         (acked, refused)
     });
     // What operators see besides the status: failed commits and rejects by reason.

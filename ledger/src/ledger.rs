@@ -199,6 +199,8 @@ pub(crate) struct Shared {
     pub metrics: LedgerMetrics,
     logs: RwLock<HashMap<LogKey, Arc<LogInfo>>>,
     failure: Mutex<Option<String>>,
+    /// Why the last group commit's write failed; `None` once a write succeeds again.
+    write_error: Mutex<Option<String>>,
     /// Serialises checkpoint signing so each log's `prev` chain has one writer.
     sign_lock: Mutex<()>,
     /// Serialises changes to segment records and hot-leaf releases.
@@ -236,6 +238,18 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records the outcome of a group commit's write (`None`: it succeeded).
+    pub(crate) fn set_write_error(&self, error: Option<String>) {
+        let mut current = self.write_error.lock().unwrap_or_else(|p| p.into_inner());
+        if current.is_some() != error.is_some() {
+            match &error {
+                Some(e) => tracing::error!(error = %e, "the hot store refuses writes"),
+                None => tracing::info!("the hot store accepts writes again"),
+            }
+        }
+        *current = error;
     }
 
     pub(crate) fn set_failure(&self, reason: String) {
@@ -393,6 +407,7 @@ impl Ledger {
             metrics: LedgerMetrics::default(),
             logs: RwLock::new(logs.into_iter().map(|l| (l.key.clone(), l)).collect()),
             failure: Mutex::new(None),
+            write_error: Mutex::new(None),
             sign_lock: Mutex::new(()),
             segment_lock: Mutex::new(()),
             wake: Wake::default(),
@@ -618,6 +633,20 @@ impl Ledger {
     /// Why appends are refused, if they are.
     pub fn failure(&self) -> Option<String> {
         self.shared.failure()
+    }
+
+    /// Why appends cannot be made durable right now, if they cannot: the last group commit's
+    /// write failed (disk full, I/O error) and none has succeeded since, or the ledger stopped
+    /// accepting appends ([`Ledger::failure`]). Health checks report the ingest service as not
+    /// serving while this is `Some`.
+    pub fn write_error(&self) -> Option<String> {
+        self.shared.failure().or_else(|| {
+            self.shared
+                .write_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
     }
 
     /// Stops accepting appends, commits what was accepted, signs final checkpoints and stops
@@ -1668,6 +1697,8 @@ mod tests {
             .append_blocking("gw", &[event(2, "acme"), event(3, "beta")])
             .unwrap_err();
         assert!(matches!(err, LedgerError::Store(_)), "{err}");
+        let write_error = ledger.write_error().expect("the failed write is reported");
+        assert!(write_error.contains("write failure"), "{write_error}");
         let log = ledger.log("acme", "prod").unwrap();
         assert_eq!(log.tree_size(), 1, "failed batch must not be visible");
         assert!(
@@ -1681,6 +1712,7 @@ mod tests {
         assert_eq!(receipts[0].leaf_index, 1);
         assert_eq!(receipts[1].leaf_index, 0);
         assert!(!receipts[0].duplicate);
+        assert_eq!(ledger.write_error(), None, "a successful write clears it");
     }
 
     #[test]

@@ -823,6 +823,7 @@ impl Committer {
         if let Err(err) = self.shared.store.write(batch, true) {
             let err = LedgerError::from(err);
             tracing::error!(error = %err, "group commit failed; nothing in it was acknowledged");
+            self.shared.set_write_error(Some(err.to_string()));
             let epoch = groups.iter().map(|g| g.epoch).max().unwrap_or_default();
             for built in groups {
                 self.fail(built, &err);
@@ -830,6 +831,7 @@ impl Committer {
             return Err((epoch, err));
         }
         self.shared.metrics.record_write(bytes, started.elapsed());
+        self.shared.set_write_error(None);
         let requests = groups.iter().map(|g| g.replies.len()).sum();
         let events = groups.iter().map(|g| g.events).sum();
         self.shared.metrics.record_commit(requests, events);
