@@ -16,6 +16,8 @@ echo "== the verifier's dependencies: no rocksdb, no tonic (DESIGN §2)" >&2
 deps="$(cargo tree --locked -e normal -p auditledger-verifier)"; if grep -E 'rocksdb|tonic' <<<"$deps"; then echo "auditledger-verifier must not depend on rocksdb or tonic (DESIGN §2)" >&2; exit 1; fi
 echo "== cargo test" >&2
 cargo test --workspace --all-targets --locked
+echo "== gateway examples (Rust client, Python, grpcurl) against a throwaway ledger" >&2
+scripts/examples.sh
 echo "== doc tests" >&2
 cargo test --workspace --doc --locked
 echo "== fuzz targets, 5 s each (scripts/fuzz.sh; own toolchain and target dir)" >&2

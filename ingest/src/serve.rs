@@ -158,11 +158,18 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
             }
         }
     });
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(auditledger_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(auditledger_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .context("building the reflection service")?;
+    // grpcurl before 1.9 (and other older tools) only speak v1alpha reflection.
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the v1alpha reflection service")?;
 
     let max_message = config.limits.max_batch_bytes + (64 << 10);
     let ingest = IngestServer::new(IngestService(state.clone()))
@@ -244,7 +251,8 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         .http2_keepalive_timeout(Some(config.server.http2_keepalive_timeout))
         .timeout(config.server.request_timeout)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ingest)
         .add_service(log)
         .add_service(admin)

@@ -875,6 +875,35 @@ fn health_reflection_and_metrics() {
             resp.status,
             tonic_health::pb::health_check_response::ServingStatus::Serving as i32
         );
+        // Older tools (grpcurl < 1.9) speak only v1alpha reflection: it lists the services too.
+        {
+            use tonic_reflection::pb::v1alpha as alpha;
+            let mut client =
+                alpha::server_reflection_client::ServerReflectionClient::new(channel.clone());
+            let req = alpha::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(
+                    alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+                ),
+            };
+            let mut stream = client
+                .server_reflection_info(tokio_stream::iter(vec![req]))
+                .await
+                .unwrap()
+                .into_inner();
+            let resp = stream.message().await.unwrap().unwrap();
+            let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(
+                list,
+            )) = resp.message_response
+            else {
+                panic!("unexpected v1alpha reflection response");
+            };
+            assert!(
+                list.service.iter().any(|s| s.name == "auditledger.v1.Ingest"),
+                "{:?}",
+                list.service
+            );
+        }
         use tonic_reflection::pb::v1 as refl;
         let mut client = refl::server_reflection_client::ServerReflectionClient::new(channel);
         let req = refl::ServerReflectionRequest {
