@@ -899,7 +899,9 @@ fn health_reflection_and_metrics() {
                 panic!("unexpected v1alpha reflection response");
             };
             assert!(
-                list.service.iter().any(|s| s.name == "auditledger.v1.Ingest"),
+                list.service
+                    .iter()
+                    .any(|s| s.name == "auditledger.v1.Ingest"),
                 "{:?}",
                 list.service
             );
