@@ -470,6 +470,28 @@ pub async fn export(cmd: &ExportCommand<'_>) -> anyhow::Result<u64> {
     Ok(written)
 }
 
+/// Converts a signed export tar into OCSF JSON lines at `out` (written under a temporary name
+/// and renamed when complete). The tar is read once; see [`crate::ocsf`].
+pub fn export_to_ocsf(tar: &Path, out: &Path) -> anyhow::Result<crate::ocsf::OcsfSummary> {
+    let file = std::fs::File::open(tar).with_context(|| format!("opening {}", tar.display()))?;
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut writer = std::io::BufWriter::new(tmp);
+    let summary = crate::ocsf::convert_export(std::io::BufReader::new(file), &mut writer)
+        .with_context(|| format!("converting {} to OCSF", tar.display()))?;
+    let tmp = writer
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("writing OCSF output: {}", e.error()))?;
+    tmp.as_file().sync_all().context("syncing the OCSF file")?;
+    tmp.persist(out)
+        .with_context(|| format!("renaming the OCSF output to {}", out.display()))?;
+    Ok(summary)
+}
+
 /// A point in time as unix nanoseconds: RFC 3339 (`2026-11-23T10:00:00Z`) or a plain number.
 pub fn parse_time_nanos(text: &str) -> anyhow::Result<u64> {
     if let Ok(nanos) = text.parse::<u64>() {

@@ -10,6 +10,7 @@ pub mod hardening;
 pub mod investigate;
 pub mod logging;
 pub mod metrics;
+pub mod ocsf;
 pub mod open;
 pub mod quotas;
 pub mod seqtrack;

@@ -122,9 +122,13 @@ enum Command {
         /// Why the export is made; written into the signed manifest and the system log.
         #[arg(long)]
         justification: String,
-        /// Output tar file.
+        /// Output file: the signed tar, or with `--format ocsf-jsonl` the OCSF lines.
         #[arg(long)]
         out: PathBuf,
+        /// `tar`: the signed export (evidence). `ocsf-jsonl`: one OCSF API Activity object per
+        /// event for a SIEM, converted from the signed tar (a convenience, not evidence).
+        #[arg(long, value_enum, default_value = "tar")]
+        format: ExportFormat,
     },
     /// Bearer tokens.
     Token {
@@ -207,6 +211,15 @@ struct FindArgs {
     justification: String,
     #[arg(long, value_enum, default_value = "table")]
     format: auditledger_ingest::investigate::OutputFormat,
+}
+
+/// What `auditledger export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// The signed retention export (DESIGN §7): the evidence.
+    Tar,
+    /// One OCSF API Activity (6003) JSON object per event, for SIEMs; not evidence.
+    OcsfJsonl,
 }
 
 /// An enum value by its proto name, with or without the prefix, any case.
@@ -473,6 +486,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             justification,
             out,
+            format,
         } => {
             let time = |flag: &str, value: Option<&str>| -> anyhow::Result<u64> {
                 value.map_or(Ok(0), |v| {
@@ -483,6 +497,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if start.is_none() && from_time == 0 && to_time == 0 {
                 anyhow::bail!("give a leaf range (--start, --end) or a time window (--from, --to)");
             }
+            // OCSF: the signed tar goes to a temporary file beside --out and is converted.
+            let tar_dir = match out.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            let tar_tmp = match format {
+                ExportFormat::Tar => None,
+                ExportFormat::OcsfJsonl => Some(
+                    tempfile::Builder::new()
+                        .prefix(".export-")
+                        .suffix(".tar")
+                        .tempfile_in(&tar_dir)
+                        .with_context(|| {
+                            format!("creating a temporary file in {}", tar_dir.display())
+                        })?
+                        .into_temp_path(),
+                ),
+            };
+            let tar_path = tar_tmp.as_deref().unwrap_or(&out).to_owned();
             let bytes = block_on(commands::export(&commands::ExportCommand {
                 target: &target,
                 token: &token,
@@ -493,9 +526,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 from_time,
                 to_time,
                 justification: &justification,
-                out: &out,
+                out: &tar_path,
             }))?;
-            println!("wrote {} ({bytes} bytes)", out.display());
+            match format {
+                ExportFormat::Tar => println!("wrote {} ({bytes} bytes)", out.display()),
+                ExportFormat::OcsfJsonl => {
+                    let summary = commands::export_to_ocsf(&tar_path, &out)?;
+                    println!(
+                        "wrote {} ({} OCSF events from {}, {} expired leaves without content)",
+                        out.display(),
+                        summary.events,
+                        summary.origin,
+                        summary.expired
+                    );
+                }
+            }
         }
         Command::Events {
             command: EventsCommand::Find(a),
