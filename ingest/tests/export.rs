@@ -133,6 +133,37 @@ fn exports_across_tiers_verify_offline() {
         text.contains("leaves [100, 790) — 690 leaves (0 without content"),
         "{text}"
     );
+    // The same range as OCSF JSON lines for a SIEM: one API Activity object per leaf, in
+    // order, each carrying its proof anchors; no tar is left behind.
+    let (ok, text) = export(
+        &server,
+        &compliance,
+        &file("range.ocsf.jsonl"),
+        &["--start", "100", "--end", "790", "--format", "ocsf-jsonl"],
+        "SIEM import 42",
+    );
+    assert!(ok, "{text}");
+    let lines = std::fs::read_to_string(file("range.ocsf.jsonl")).unwrap();
+    let objects: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is a JSON object"))
+        .collect();
+    assert_eq!(objects.len(), 690);
+    for (i, o) in objects.iter().enumerate() {
+        assert_eq!(o["class_uid"], 6003, "{o}");
+        assert_eq!(
+            o["unmapped"]["auditledger"]["leaf_index"],
+            100 + i as u64,
+            "{o}"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".export-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // By time window: the range must be exactly the leaves logged in [from, to).
     let times = logged_at(&server, &investigator, 800);
