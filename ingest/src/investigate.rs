@@ -519,6 +519,13 @@ async fn indexed_range(
     order: Order,
 ) -> Result<(), Status> {
     let log = judge.log;
+    if field != auditledger_ledger::query::IndexedField::EventId {
+        // The search index trails the durable tree by milliseconds (ledger/src/indexer.rs):
+        // wait here, so that `index_candidates` below never blocks a runtime thread.
+        log.wait_for_index(b.min(log.tree_size()))
+            .await
+            .map_err(status::from_ledger)?;
+    }
     let (mut lo, mut hi) = (a, b);
     'batches: while lo < hi && !judge.full() {
         let batch = log

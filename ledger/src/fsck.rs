@@ -266,7 +266,7 @@ fn check_log(
             store,
             log_id,
             state.tree_size,
-            from,
+            from..indexed,
             &segments,
             field_entries,
         )?
@@ -464,8 +464,9 @@ fn check_leaves_and_tiles(
         let mut hashes = Vec::with_capacity(leaves.len());
         let mut field_keys = Vec::new();
         for (index, leaf) in &leaves {
+            // The search index is written with the leaf-hash index, under its watermark.
             let want_fields = fields_from
-                .filter(|from| index >= from)
+                .filter(|from| index >= from && *index < indexed)
                 .map(|_| (log_id, &mut field_keys));
             match check_leaf(record, *index, leaf, &mut last_logged_at, want_fields) {
                 Ok(id) => ids.push(id),
@@ -670,17 +671,7 @@ fn check_leaf(
     }
     *last_logged_at = decoded.logged_at;
     if let Some((log_id, keys)) = field_keys {
-        for f in IndexedField::HOT_INDEXED {
-            let value = f.value_in(ev);
-            if !value.is_empty() {
-                keys.push(layout::field_index_key(
-                    log_id,
-                    f.tag(),
-                    &layout::field_value_hash(value),
-                    index,
-                ));
-            }
-        }
+        crate::query::hot_index_keys(log_id, index, ev, keys);
     }
     EventId::parse(&ev.event_id).map_err(|e| bad(format!("event_id: {e}")))
 }
@@ -718,15 +709,17 @@ fn check_field_entries(store: &dyn Store, keys: &[[u8; layout::FIELD_KEY_LEN]]) 
 }
 
 /// Every search-index entry of the log names a hot-indexed field and a leaf below the tree
-/// size; the entries of hot leaves (from `from` on) number exactly `expected_hot` — the entries
-/// their contents call for, each found present during the leaf walk — so none is stray or
-/// points to a leaf whose field hashes differently. Entries of archived leaves can only be
-/// checked for shape here (their contents are the archive's). One sequential scan.
+/// size; the entries of the hot leaves in `checked` (from where the index starts to the
+/// indexer's watermark) number exactly `expected_hot` — the entries their contents call for,
+/// each found present during the leaf walk — so none is stray or points to a leaf whose field
+/// hashes differently. Entries of archived leaves can only be checked for shape here (their
+/// contents are the archive's), and so can those past the watermark (the unsynced tail the
+/// next open re-indexes). One sequential scan.
 fn check_field_index(
     store: &dyn Store,
     log_id: LogId,
     tree_size: u64,
-    from: u64,
+    checked: std::ops::Range<u64>,
     segments: &[SegmentRecord],
     expected_hot: u64,
 ) -> Check {
@@ -762,7 +755,7 @@ fn check_field_index(
                 ));
                 return false;
             }
-            if leaf >= from && !released.iter().any(|(a, b)| (*a..*b).contains(&leaf)) {
+            if checked.contains(&leaf) && !released.iter().any(|(a, b)| (*a..*b).contains(&leaf)) {
                 hot += 1;
             }
             true

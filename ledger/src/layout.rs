@@ -34,7 +34,7 @@ pub enum Space {
     /// `log_id ‖ tree_size` → signed checkpoint note.
     Checkpoints,
     /// `log_id ‖ field tag ‖ BLAKE3(value)[..8] ‖ leaf_index` → empty: the search indexes
-    /// ([`field_index_key`]), written in the same batch as the leaves.
+    /// ([`field_index_key`]), written by the indexer thread with the leaf-hash entries.
     Fields,
 }
 
@@ -105,8 +105,8 @@ pub fn meta_state_key(log_id: LogId) -> [u8; 5] {
     prefixed(META_STATE_PREFIX, log_id)
 }
 
-/// `'H' ‖ log_id` → u64: leaves `[0, value)` have their `leaf_hashes` entry (the indexer's
-/// watermark; written in the same batch as the entries).
+/// `'H' ‖ log_id` → u64: leaves `[0, value)` have their `leaf_hashes` and `fields` entries
+/// (the indexer's watermark; written in the same batch as the entries).
 pub fn meta_indexed_key(log_id: LogId) -> [u8; 5] {
     prefixed(META_INDEXED_PREFIX, log_id)
 }

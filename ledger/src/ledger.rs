@@ -148,7 +148,8 @@ pub(crate) struct LogInfo {
     /// Unix nanos when the log first grew past its latest checkpoint (0 = it has not).
     pub pending_since: AtomicU64,
     pub checkpoint: watch::Sender<Option<Arc<SignedCheckpoint>>>,
-    /// Leaves below this have their `leaf_hashes` entry (the indexer's watermark).
+    /// Leaves below this have their `leaf_hashes` and `fields` entries (the indexer's
+    /// watermark).
     pub indexed: watch::Sender<u64>,
     /// The tree's right edge at (at least) `durable_size`, published by the sequencer.
     edge: RwLock<Arc<EdgeSnapshot>>,
@@ -375,9 +376,14 @@ impl std::fmt::Debug for Ledger {
 
 const PERMIT_BYTES: usize = 1024;
 
-/// Group commits whose leaf hashes may wait for the indexer before the sequencer waits too
-/// (about a second of commits under full load; a job holds 32 bytes per leaf).
+/// Group commits whose index entries may wait for the indexer before the sequencer waits too
+/// (about a second of commits under full load; a job holds 32 bytes per leaf and 21 per
+/// search key).
 const INDEX_QUEUE_JOBS: usize = 256;
+
+/// How long a lookup waits for the indexer to cover the leaves it asks about (normally
+/// milliseconds behind the durable tree).
+const INDEX_WAIT: Duration = Duration::from_secs(5);
 
 impl Ledger {
     /// Opens the ledger on `store` with the system clock.
@@ -927,17 +933,7 @@ fn index_fields_of_old_log(
                 match event::decode_leaf(v) {
                     Ok(record) => {
                         if let Some(e) = &record.event {
-                            for f in crate::query::IndexedField::HOT_INDEXED {
-                                let value = f.value_in(e);
-                                if !value.is_empty() {
-                                    keys.push(layout::field_index_key(
-                                        log_id,
-                                        f.tag(),
-                                        &layout::field_value_hash(value),
-                                        index,
-                                    ));
-                                }
-                            }
+                            crate::query::hot_index_keys(log_id, index, e, &mut keys);
                         }
                         true
                     }
@@ -1267,6 +1263,9 @@ impl Log {
         if lo >= hi || max == 0 {
             return Ok(Vec::new());
         }
+        if field != IndexedField::EventId {
+            self.wait_for_index_blocking(hi)?;
+        }
         if field == IndexedField::EventId {
             // Not a valid event id: no event has it (appends validate ids).
             let Ok(id) = EventId::parse(value) else {
@@ -1345,11 +1344,34 @@ impl Log {
     /// Waits (up to 5 s) until the asynchronous leaf-hash index covers `size` leaves.
     pub async fn wait_for_index(&self, size: u64) -> Result<(), LedgerError> {
         let mut rx = self.info.indexed.subscribe();
-        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| *v >= size))
+        tokio::time::timeout(INDEX_WAIT, rx.wait_for(|v| *v >= size))
             .await
-            .map_err(|_| LedgerError::Unavailable("the leaf-hash index is behind; retry".into()))?
+            .map_err(|_| self.index_behind(size))?
             .map_err(|_| LedgerError::Unavailable("ledger closed".into()))?;
         Ok(())
+    }
+
+    /// [`Log::wait_for_index`] for synchronous callers: polls, so async code should await
+    /// that first (then this returns at once).
+    pub fn wait_for_index_blocking(&self, size: u64) -> Result<(), LedgerError> {
+        let deadline = std::time::Instant::now() + INDEX_WAIT;
+        let mut pause = Duration::from_micros(100);
+        while *self.info.indexed.borrow() < size {
+            if std::time::Instant::now() >= deadline {
+                return Err(self.index_behind(size));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    fn index_behind(&self, size: u64) -> LedgerError {
+        LedgerError::Unavailable(format!(
+            "{}: the leaf-hash and search indexes cover {} of {size} leaves after {INDEX_WAIT:?}; retry",
+            self.info.origin,
+            *self.info.indexed.borrow()
+        ))
     }
 
     /// Archived segments of this log (from the hot store's records), by start.

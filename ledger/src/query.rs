@@ -4,6 +4,7 @@
 //! query returns the same events whichever tier holds them.
 
 use crate::event::{AuditEvent, Decision, EventKind, LeafRecord};
+use crate::layout;
 
 /// Fields with an exact-match index in the hot tier and a bloom filter or statistics in
 /// archived segments, in the order a search prefers them (most selective first).
@@ -15,6 +16,28 @@ pub enum IndexedField {
     TraceId,
     UserId,
     AgentId,
+}
+
+/// The hot search-index keys ([`crate::layout::Space::Fields`]) of leaf `index` of log
+/// `log_id` holding `event`: one per non-empty [`IndexedField::HOT_INDEXED`] field, appended to
+/// `out`. The indexer, the open-time catch-up and fsck all derive the entries here.
+pub fn hot_index_keys(
+    log_id: layout::LogId,
+    index: u64,
+    event: &AuditEvent,
+    out: &mut Vec<[u8; layout::FIELD_KEY_LEN]>,
+) {
+    for f in IndexedField::HOT_INDEXED {
+        let value = f.value_in(event);
+        if !value.is_empty() {
+            out.push(layout::field_index_key(
+                log_id,
+                f.tag(),
+                &layout::field_value_hash(value),
+                index,
+            ));
+        }
+    }
 }
 
 impl IndexedField {

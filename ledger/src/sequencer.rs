@@ -448,7 +448,6 @@ impl Sequencer {
         let mut batch = WriteBatch::with_capacity(event_count * 2 + 8);
         let mut created = Vec::new();
         let mut index_jobs: HashMap<LogId, IndexJob> = HashMap::new();
-        let mut field_keys: Vec<[u8; layout::FIELD_KEY_LEN]> = Vec::new();
 
         // Dedup against the store, for logs that existed before this group.
         let mut lookups: Vec<(LogId, [u8; 20])> = Vec::new();
@@ -540,20 +539,18 @@ impl Sequencer {
                     layout::event_id_key(log_id, &event.event_id.0).to_vec(),
                     leaf_index.to_be_bytes().to_vec(),
                 );
+                let job = index_jobs.entry(log_id).or_insert_with(|| IndexJob {
+                    info: log.info.clone(),
+                    first: leaf_index,
+                    hashes: Vec::new(),
+                    fields: Vec::new(),
+                });
+                job.hashes.push(hash);
                 for (tag, value_hash) in &event.fields {
-                    field_keys.push(layout::field_index_key(
+                    job.fields.push(layout::field_index_key(
                         log_id, *tag, value_hash, leaf_index,
                     ));
                 }
-                index_jobs
-                    .entry(log_id)
-                    .or_insert_with(|| IndexJob {
-                        info: log.info.clone(),
-                        first: leaf_index,
-                        hashes: Vec::new(),
-                    })
-                    .hashes
-                    .push(hash);
                 log.edge.append(hash, &mut completed);
                 for (tile, value) in completed.drain(..) {
                     batch.put(Space::Tiles, layout::tile_key(log_id, tile).to_vec(), value);
@@ -580,13 +577,6 @@ impl Sequencer {
                 });
             }
             receipts.push(these);
-        }
-
-        // Sorted, for the same reason as the leaf-hash indexer's batches: the memtable insert of
-        // each key then starts next to the previous one.
-        field_keys.sort_unstable();
-        for key in field_keys {
-            batch.put(Space::Fields, key.to_vec(), Vec::new());
         }
 
         let mut published = Vec::with_capacity(touched.len());
@@ -641,38 +631,18 @@ impl Sequencer {
     }
 }
 
-/// Writes the leaf-hash index entries of leaves `[from, to)` from the stored leaves, without
-/// the watermark (the indexer owns it; re-indexing at open is idempotent).
+/// Writes the leaf-hash and search-index entries of leaves `[from, to)` from the stored
+/// leaves, without the watermark (the indexer owns it; re-indexing at open is idempotent).
 fn index_leaves(
     store: &dyn crate::store::Store,
     log_id: LogId,
     from: u64,
     to: u64,
 ) -> Result<(), LedgerError> {
-    let mut batch = WriteBatch::new();
-    let mut next = from;
-    store.scan(
-        Space::Leaves,
-        &layout::leaf_key(log_id, from),
-        Some(&layout::leaf_key(log_id, to)),
-        crate::store::Direction::Forward,
-        &mut |_, leaf| {
-            batch.put(
-                Space::LeafHashes,
-                layout::leaf_hash_key(log_id, &leaf_hash(leaf)).to_vec(),
-                next.to_be_bytes().to_vec(),
-            );
-            next += 1;
-            true
-        },
+    store.write(
+        crate::indexer::index_entries(store, log_id, from, to)?,
+        false,
     )?;
-    if next != to {
-        return Err(LedgerError::Corrupt(format!(
-            "log {log_id}: the store's state has {to} leaves but leaves {from}..{to} hold {}",
-            next - from
-        )));
-    }
-    store.write(batch, false)?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use auditledger_ledger::keys::Keyring;
 use auditledger_ledger::layout::{self, Space};
 use auditledger_ledger::merkle::{self, leaf_hash};
 use auditledger_ledger::note::SignerKey;
+use auditledger_ledger::query::{IndexedField, Order};
 use auditledger_ledger::segments::{SegmentRecord, Tier};
 use auditledger_ledger::store::memory::MemoryStore;
 use auditledger_ledger::store::rocks::{RocksOptions, RocksStore};
@@ -243,8 +244,8 @@ fn restart_keeps_everything_and_chains_checkpoints(store: Arc<dyn Store>) {
     assert!(report.is_clean(), "{:?}", report.problems());
 }
 
-/// The leaf-hash index is written without sync; a crash can lose its tail (entries and
-/// watermark together). Opening must rebuild it.
+/// The leaf-hash and search indexes are written without sync; a crash can lose their tail
+/// (entries and watermark together). Opening must rebuild both.
 fn leaf_hash_index_tail_is_rebuilt_on_open(store: Arc<dyn Store>) {
     let receipts = {
         let ledger = open(&store);
@@ -272,6 +273,19 @@ fn leaf_hash_index_tail_is_rebuilt_on_open(store: Arc<dyn Store>) {
             layout::leaf_hash_key(0, &r.leaf_hash).to_vec(),
         );
     }
+    for n in 100..300u64 {
+        let user = format!("user-{}", n % 13);
+        b.delete(
+            Space::Fields,
+            layout::field_index_key(
+                0,
+                IndexedField::UserId.tag(),
+                &layout::field_value_hash(&user),
+                n,
+            )
+            .to_vec(),
+        );
+    }
     store.write(b, true).unwrap();
     let report = fsck::check(store.as_ref(), &[signer().verifier()]).unwrap();
     assert!(
@@ -292,7 +306,23 @@ fn leaf_hash_index_tail_is_rebuilt_on_open(store: Arc<dyn Store>) {
         Some(250)
     );
     assert_eq!(rt.block_on(log.find_leaf_hash(&[0u8; 32])).unwrap(), None);
+    let want: Vec<u64> = (0..300).filter(|n| n % 13 == 5).collect();
+    assert_eq!(
+        log.index_candidates(
+            IndexedField::UserId,
+            "user-5",
+            0,
+            300,
+            Order::OldestFirst,
+            1000
+        )
+        .unwrap(),
+        want,
+        "search entries of the lost tail rebuilt"
+    );
     ledger.close().unwrap();
+    let report = fsck::check(store.as_ref(), &[signer().verifier()]).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems());
 }
 
 fn fsck_problems(store: &Arc<dyn Store>) -> Vec<String> {
