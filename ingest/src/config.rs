@@ -72,10 +72,14 @@ pub struct LedgerSection {
     pub checkpoint_interval: Duration,
     /// Segment size 2^segment_bits leaves for logs created under this config.
     pub segment_bits: u8,
-    /// RocksDB block cache, bytes.
+    /// RocksDB memory budget, bytes: the block cache, to which the memtables are charged
+    /// (together at most half of it before the largest is flushed).
     pub block_cache_bytes: usize,
-    /// RocksDB memtable per column family, bytes.
+    /// RocksDB memtable per column family, bytes (a flush threshold within the budget).
     pub write_buffer_bytes: usize,
+    /// RocksDB table files kept open (LRU beyond that). Bounds descriptors and the per-file
+    /// memory, which otherwise grow with the data (sequential keys leave one file per flush).
+    pub max_open_files: u32,
     /// Run RocksDB compactions at the lowest CPU and I/O priority, so that they use idle
     /// cycles instead of competing with acknowledgements.
     pub low_priority_compaction: bool,
@@ -93,6 +97,7 @@ impl Default for LedgerSection {
             segment_bits: 16,
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
+            max_open_files: 512,
             low_priority_compaction: true,
             max_inflight_bytes: 256 << 20,
         }
@@ -381,9 +386,12 @@ environments = ["dev", "staging", "prod"]
 checkpoint_interval = "1s"
 # Segment size 2^segment_bits leaves (the unit moved to warm/cold storage) for new logs.
 segment_bits = 16
-# RocksDB block cache and memtable size per column family, bytes.
+# RocksDB memory budget, bytes: block cache, memtables charged to it (at most half of it).
 block_cache_bytes = 268435456
+# Memtable size per column family, bytes (flush threshold within the budget).
 write_buffer_bytes = 67108864
+# RocksDB table files kept open (bounds descriptors and per-file memory as data grows).
+max_open_files = 512
 # Run RocksDB compactions at the lowest CPU and I/O priority (they use idle cycles instead of
 # competing with acknowledgements; flushes keep normal priority).
 low_priority_compaction = true

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use auditledger_archiver::Archiver;
 use auditledger_ledger::Ledger;
 use auditledger_ledger::metrics::{Histogram, LATENCY_BUCKETS_US};
+use auditledger_ledger::store::rocks::RocksStore;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
@@ -346,18 +347,78 @@ pub fn render_archiver(out: &mut String, archiver: &Archiver) {
     );
 }
 
+/// Memory: the process's resident set and what RocksDB accounts for inside it. Their
+/// difference is everything else (network buffers, in-flight requests, allocator overhead);
+/// the soak watches that it stays flat (docs/reliability.md, "Soak").
+pub fn render_memory(out: &mut String, store: Option<&RocksStore>) {
+    if let Some(rss) = resident_bytes() {
+        gauge(
+            out,
+            "process_resident_memory_bytes",
+            "Resident memory of the server process.",
+            rss,
+        );
+    }
+    let Some(store) = store else { return };
+    let m = store.memory();
+    gauge(
+        out,
+        "auditledger_rocksdb_memtable_bytes",
+        "RocksDB memtables, all column families (charged to the block cache).",
+        m.memtables,
+    );
+    gauge(
+        out,
+        "auditledger_rocksdb_block_cache_bytes",
+        "RocksDB block cache usage, including the memtables' reservations (bounded by ledger.block_cache_bytes).",
+        m.block_cache,
+    );
+    gauge(
+        out,
+        "auditledger_rocksdb_block_cache_pinned_bytes",
+        "Part of the block cache pinned by readers or pinned index/filter blocks.",
+        m.block_cache_pinned,
+    );
+    gauge(
+        out,
+        "auditledger_rocksdb_table_readers_bytes",
+        "RocksDB table-reader memory outside the block cache (open SST files).",
+        m.table_readers,
+    );
+}
+
+/// Resident set size from `/proc/self/status` (Linux; `None` elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib << 10)
+}
+
 /// Serves `GET /metrics` until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
     ledger: Arc<Ledger>,
     server: Arc<ServerMetrics>,
     archiver: Option<Arc<Archiver>>,
+    store: Option<Arc<RocksStore>>,
 ) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else {
             continue;
         };
-        let (ledger, server, archiver) = (ledger.clone(), server.clone(), archiver.clone());
+        let (ledger, server, archiver, store) = (
+            ledger.clone(),
+            server.clone(),
+            archiver.clone(),
+            store.clone(),
+        );
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
@@ -384,6 +445,7 @@ pub async fn serve(
                 if let Some(a) = &archiver {
                     render_archiver(&mut body, a);
                 }
+                render_memory(&mut body, store.as_deref());
                 format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()

@@ -14,6 +14,7 @@ pub fn rocks_options(config: &Config) -> RocksOptions {
     RocksOptions {
         block_cache_bytes: config.ledger.block_cache_bytes,
         write_buffer_bytes: config.ledger.write_buffer_bytes,
+        max_open_files: config.ledger.max_open_files,
         low_priority_compaction: config.ledger.low_priority_compaction,
         ..Default::default()
     }

@@ -94,7 +94,7 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
     let auth = Authenticator::new(config.tokens_path(), &config.auth.client_cert)
         .map_err(anyhow::Error::msg)?;
     let open_config = config.clone();
-    let (ledger, _store) =
+    let (ledger, store) =
         tokio::task::spawn_blocking(move || open::open_ledger(&open_config)).await??;
     let ledger = Arc::new(ledger);
     let syslog = SystemLog::start(ledger.clone(), config.auth.default_environment.clone());
@@ -212,6 +212,7 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
             ledger.clone(),
             metrics.clone(),
             Some(archiver.clone()),
+            Some(store.clone()),
         )))
     };
     let sweeper_state = state.clone();

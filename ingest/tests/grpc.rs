@@ -948,9 +948,30 @@ fn health_reflection_and_metrics() {
         "auditledger_archiver_segments_moved_total",
         "auditledger_archiver_passes_total",
         "auditledger_archiver_lag_seconds",
+        "auditledger_rocksdb_block_cache_pinned_bytes",
+        "auditledger_rocksdb_table_readers_bytes",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
+    // Memory: appends went through, so memtables hold something, are charged to the block
+    // cache, and all of it is inside the process's resident set.
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    let memtables = value("auditledger_rocksdb_memtable_bytes");
+    let cache = value("auditledger_rocksdb_block_cache_bytes");
+    let rss = value("process_resident_memory_bytes");
+    assert!(memtables > 0, "memtables empty after appends");
+    assert!(
+        cache >= memtables / 2,
+        "memtables {memtables} not in the cache {cache}"
+    );
+    assert!(
+        rss > memtables,
+        "resident {rss} below memtables {memtables}"
+    );
 }
 
 #[test]

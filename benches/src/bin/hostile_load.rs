@@ -84,8 +84,11 @@ enum Mode {
     },
 }
 
-/// One soak sample: (seconds since start, RSS MiB, descriptors, sockets).
-type Row = (f64, f64, f64, f64);
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// One soak sample: (seconds since start, RSS MiB, descriptors, sockets, RSS minus what
+/// RocksDB accounts for, MiB).
+type Row = (f64, f64, f64, f64, f64);
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
     let (num, unit) = text.split_at(
@@ -553,9 +556,9 @@ fn main() -> anyhow::Result<()> {
         } => {
             println!("# load average at start: {}", load_average());
             println!(
-                "| t (s) | RSS MiB | fds | of which sockets | threads | appends | failed | ack p50 ms | ack p99 ms |"
+                "| t (s) | RSS MiB | RocksDB MiB | of which memtables | other MiB | fds | of which sockets | threads | appends | failed | ack p50 ms | ack p99 ms |"
             );
-            println!("|---|---|---|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
             let start = Instant::now();
             samples.take();
             let mut rows: Vec<Row> = Vec::new();
@@ -570,16 +573,23 @@ fn main() -> anyhow::Result<()> {
                 let s = h2raw::proc_stats(server.pid()).context("server /proc gone")?;
                 let t = start.elapsed().as_secs_f64();
                 let (p50, p99) = pct(&mut lat);
+                // What RocksDB accounts for: the block cache (memtables are charged to it) and
+                // table readers outside it. The rest of the resident set is everything else.
+                let mib = |name: &str| metric(&server.metrics, name).unwrap_or(0) as f64 / MIB;
+                let rocks = mib("auditledger_rocksdb_block_cache_bytes")
+                    + mib("auditledger_rocksdb_table_readers_bytes");
+                let memtables = mib("auditledger_rocksdb_memtable_bytes");
+                let rss = s.rss_kib as f64 / 1024.0;
                 println!(
-                    "| {t:.0} | {:.1} | {} | {} | {} | {} | {failed} | {p50} | {p99} |",
-                    s.rss_kib as f64 / 1024.0,
+                    "| {t:.0} | {rss:.1} | {rocks:.1} | {memtables:.1} | {:.1} | {} | {} | {} | {} | {failed} | {p50} | {p99} |",
+                    rss - rocks,
                     s.fds,
                     s.sockets,
                     s.threads,
                     lat.len()
                 );
                 let _ = std::io::stdout().flush();
-                rows.push((t, s.rss_kib as f64 / 1024.0, s.fds as f64, s.sockets as f64));
+                rows.push((t, rss, s.fds as f64, s.sockets as f64, rss - rocks));
                 all.extend(lat);
             }
             let half: Vec<_> = rows[rows.len() / 2..].to_vec();
@@ -597,6 +607,7 @@ fn main() -> anyhow::Result<()> {
             let rss = slope(&|r| r.1);
             let fds = slope(&|r| r.2);
             let sockets = slope(&|r| r.3);
+            let other = slope(&|r| r.4);
             let (p50, p99) = pct(&mut all);
             println!(
                 "# whole run: {} appends ({} events), {failed_total} failed, ack p50 {p50} ms, p99 {p99} ms",
@@ -604,7 +615,7 @@ fn main() -> anyhow::Result<()> {
                 samples.events.load(Ordering::Relaxed)
             );
             println!(
-                "# second half: RSS slope {rss:+.2} MiB/min (flat below {rss_slope_mib}), socket slope {sockets:+.2}/min (flat below {fd_slope}); all descriptors {fds:+.2}/min"
+                "# second half: RSS slope {rss:+.2} MiB/min (flat below {rss_slope_mib}), of which outside RocksDB's accounting {other:+.2} MiB/min; socket slope {sockets:+.2}/min (flat below {fd_slope}); all descriptors {fds:+.2}/min"
             );
             let flat = rss.abs() < rss_slope_mib && sockets.abs() < fd_slope;
             println!(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType,
-    DBRecoveryMode, Env, ErrorKind, Options, ReadOptions, WriteOptions,
+    DBRecoveryMode, Env, ErrorKind, Options, ReadOptions, WriteBufferManager, WriteOptions,
 };
 
 use super::{Direction, Store, StoreError, WriteBatch, WriteOp};
@@ -18,10 +18,20 @@ use crate::layout::Space;
 /// Engine knobs. Defaults suit a server; tests use [`RocksOptions::small_for_tests`].
 #[derive(Clone, Debug)]
 pub struct RocksOptions {
-    /// Shared block cache for all column families.
+    /// RocksDB's memory budget: one block cache for all column families, to which the
+    /// memtables are charged too (a write-buffer manager flushes the largest memtable once all
+    /// of them together pass half of it). Without that charge each column family could hold
+    /// up to four full memtables, so resident memory kept growing with the data long after
+    /// the cache had filled (docs/reliability.md, "Soak").
     pub block_cache_bytes: usize,
-    /// Memtable size per column family.
+    /// Memtable size per column family (a flush threshold; the total is bounded by the
+    /// budget above).
     pub write_buffer_bytes: usize,
+    /// Table files kept open; beyond that RocksDB's table cache closes the least recently
+    /// used. Unbounded, descriptors and per-file reader memory grow with the data: keys that
+    /// only increase (leaves, tiles, checkpoints, UUIDv7 event ids) make every flushed file a
+    /// trivial move to the last level, so the file count is data size / flush size.
+    pub max_open_files: u32,
     /// Background flush + compaction threads.
     pub background_jobs: i32,
     /// Run compactions at the lowest CPU and I/O priority (flushes keep normal priority).
@@ -37,6 +47,7 @@ impl Default for RocksOptions {
         RocksOptions {
             block_cache_bytes: 256 << 20,
             write_buffer_bytes: 64 << 20,
+            max_open_files: 512,
             background_jobs: 2,
             low_priority_compaction: true,
         }
@@ -49,6 +60,7 @@ impl RocksOptions {
         RocksOptions {
             block_cache_bytes: 8 << 20,
             write_buffer_bytes: 4 << 20,
+            max_open_files: 64,
             background_jobs: 1,
             low_priority_compaction: false,
         }
@@ -58,7 +70,23 @@ impl RocksOptions {
 /// The RocksDB-backed [`Store`].
 pub struct RocksStore {
     db: DB,
+    cache: Cache,
     path: PathBuf,
+}
+
+/// RocksDB's own memory accounting, in bytes (exported as metrics; the soak compares it with
+/// the process's resident memory).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RocksMemory {
+    /// Active and unflushed immutable memtables of every column family.
+    pub memtables: u64,
+    /// Everything held by the block cache (data, index and filter blocks, and the memtable
+    /// reservations charged to it).
+    pub block_cache: u64,
+    /// Part of the block cache pinned (in use by readers or pinned index/filter blocks).
+    pub block_cache_pinned: u64,
+    /// Table-reader memory outside the block cache (file metadata of open SST files).
+    pub table_readers: u64,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -173,10 +201,18 @@ impl RocksStore {
             .map_err(|e| StoreError::Io(format!("creating {}: {e}", path.display())))?;
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         let mut db_opts = Options::default();
+        // No stall: when the budget is passed the largest memtable is flushed; writers are not
+        // blocked (the memtable count per column family still bounds the overshoot).
+        db_opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager_with_cache(
+            opts.block_cache_bytes / 2,
+            false,
+            cache.clone(),
+        ));
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_paranoid_checks(true);
         db_opts.set_max_background_jobs(opts.background_jobs);
+        db_opts.set_max_open_files(i32::try_from(opts.max_open_files).unwrap_or(i32::MAX));
         if opts.low_priority_compaction {
             let mut env = Env::new().map_err(map_err)?;
             env.lower_thread_pool_cpu_priority();
@@ -203,6 +239,7 @@ impl RocksStore {
         })?;
         Ok(RocksStore {
             db,
+            cache,
             path: path.to_owned(),
         })
     }
@@ -215,6 +252,23 @@ impl RocksStore {
         self.db
             .cf_handle(space.name())
             .ok_or_else(|| StoreError::Unusable(format!("column family {} missing", space.name())))
+    }
+
+    /// RocksDB's memory accounting now.
+    pub fn memory(&self) -> RocksMemory {
+        let sum = |name: &str| -> u64 {
+            Space::ALL
+                .iter()
+                .filter_map(|&s| self.cf(s).ok())
+                .filter_map(|cf| self.db.property_int_value_cf(cf, name).ok().flatten())
+                .sum()
+        };
+        RocksMemory {
+            memtables: sum("rocksdb.size-all-mem-tables"),
+            block_cache: self.cache.get_usage() as u64,
+            block_cache_pinned: self.cache.get_pinned_usage() as u64,
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+        }
     }
 
     /// A RocksDB property of one column family (e.g. `rocksdb.estimate-num-keys`).
@@ -337,5 +391,29 @@ mod tests {
         std::fs::write(&wal, bytes).unwrap();
         let err = RocksStore::open(dir.path(), &opts).unwrap_err();
         assert!(err.to_string().to_lowercase().contains("corrupt"), "{err}");
+    }
+
+    /// Memtables are charged to the block cache, so the one configured budget bounds both; the
+    /// accounting the server exports sees them.
+    #[test]
+    fn memtables_count_against_the_block_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), &RocksOptions::small_for_tests()).unwrap();
+        let before = store.memory();
+        for i in 0..256u32 {
+            let mut b = WriteBatch::new();
+            b.put(Space::Leaves, i.to_be_bytes().to_vec(), vec![7; 8 << 10]);
+            store.write(b, false).unwrap();
+        }
+        let after = store.memory();
+        assert!(
+            after.memtables >= before.memtables + (1 << 20),
+            "2 MiB written, memtables {before:?} → {after:?}"
+        );
+        // Nothing was read, so everything in the cache is the memtables' reservation.
+        assert!(
+            after.block_cache >= after.memtables / 2,
+            "memtables not charged to the block cache: {after:?}"
+        );
     }
 }
