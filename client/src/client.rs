@@ -207,16 +207,10 @@ impl Client {
             done_below: done_tx,
             flush_to: AtomicU64::new(0),
             wake: Notify::new(),
+            auth: std::sync::RwLock::new(auth),
+            token_generation: AtomicU64::new(0),
         });
-        let sender = Sender::new(
-            grpc,
-            auth,
-            options.clone(),
-            shared.clone(),
-            source,
-            closing_rx,
-            0,
-        );
+        let sender = Sender::new(grpc, options.clone(), shared.clone(), source, closing_rx, 0);
         let task = tokio::spawn(sender.run());
         Ok(Client {
             options,
@@ -225,6 +219,22 @@ impl Client {
             closing: closing_tx,
             sender: Mutex::new(Some(task)),
         })
+    }
+
+    /// Replaces the gateway token (rotation, or a token the ledger refused: see
+    /// [`MetricsSnapshot::auth_failures`](crate::MetricsSnapshot)). The sender reconnects with
+    /// it at once; events waiting in the buffer or spool go out with it, none is dropped.
+    pub fn set_token(&self, token: &str) -> Result<(), ClientError> {
+        let auth = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Token)?;
+        match self.shared.auth.write() {
+            Ok(mut a) => *a = auth,
+            Err(poisoned) => *poisoned.into_inner() = auth,
+        }
+        self.shared.token_generation.fetch_add(1, Ordering::AcqRel);
+        self.shared.wake.notify_one();
+        Ok(())
     }
 
     /// Records one event. Fills `event_id` (UUIDv7), `gateway_id` (from the options) and

@@ -8,7 +8,9 @@
 //! - A background sender batches events (size, bytes, linger), keeps several requests in
 //!   flight on one `Ingest.AppendStream`, retries UNAVAILABLE / RESOURCE_EXHAUSTED and broken
 //!   streams with exponential backoff and jitter (honouring the ledger's retry hint), and
-//!   reports INVALID_ARGUMENT / PERMISSION_DENIED per event without retrying. Retries re-send
+//!   reports INVALID_ARGUMENT / PERMISSION_DENIED per event without retrying. A token the
+//!   ledger refuses is counted (`auth_failures`) and its events wait for
+//!   [`Client::set_token`] (token rotation without a restart). Retries re-send
 //!   the same event ids; the ledger answers them as duplicates and appends nothing.
 //! - Memory is bounded (`max_buffered_events`, or the spool's `max_bytes`); when full,
 //!   `record` waits or fails fast ([`Backpressure`]).

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub(crate) verify_failures: AtomicU64,
     pub(crate) backpressure: AtomicU64,
     pub(crate) stream_failures: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
     pub(crate) torn_records_dropped: AtomicU64,
     pub(crate) spool_bytes: AtomicU64,
     pub(crate) buffered: AtomicU64,
@@ -54,6 +55,9 @@ pub struct MetricsSnapshot {
     pub backpressure: u64,
     /// Broken or refused streams, failed requests (each retried).
     pub stream_failures: u64,
+    /// Streams refused because of the token (UNAUTHENTICATED, PERMISSION_DENIED): wrong,
+    /// expired or revoked. Events wait until [`crate::Client::set_token`] (alert on this).
+    pub auth_failures: u64,
     /// Torn records dropped from the end of the spool at start (crash mid-write).
     pub torn_records_dropped: u64,
     /// Gauge: bytes of spool segment files on disk.
@@ -78,6 +82,7 @@ impl Metrics {
             verify_failures: self.verify_failures.load(Relaxed),
             backpressure: self.backpressure.load(Relaxed),
             stream_failures: self.stream_failures.load(Relaxed),
+            auth_failures: self.auth_failures.load(Relaxed),
             torn_records_dropped: self.torn_records_dropped.load(Relaxed),
             spool_bytes: self.spool_bytes.load(Relaxed),
             outstanding: self.buffered.load(Relaxed),

@@ -41,6 +41,10 @@ pub(crate) struct Shared {
     /// Send partial batches at once while `done_below <= flush_to` (flush, close).
     pub flush_to: AtomicU64,
     pub wake: Notify,
+    /// `authorization` header value; [`crate::Client::set_token`] replaces it.
+    pub auth: std::sync::RwLock<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// Bumped by every `set_token`: the sender then reconnects at once.
+    pub token_generation: AtomicU64,
 }
 
 /// One recorded event on its way.
@@ -106,7 +110,6 @@ struct Stream {
 /// The sender task's state.
 pub(crate) struct Sender {
     pub client: IngestClient<Channel>,
-    pub auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     pub options: Options,
     pub shared: Arc<Shared>,
     pub source: Source,
@@ -122,6 +125,8 @@ pub(crate) struct Sender {
     failures: u32,
     backoff_until: Option<Instant>,
     rng: u64,
+    /// The `token_generation` the current stream was opened with.
+    token_seen: u64,
 }
 
 enum Wake {
@@ -153,7 +158,6 @@ fn hint_from_status(status: &tonic::Status) -> Option<Duration> {
 impl Sender {
     pub fn new(
         client: IngestClient<Channel>,
-        auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
         options: Options,
         shared: Arc<Shared>,
         source: Source,
@@ -170,7 +174,6 @@ impl Sender {
         }
         Sender {
             client,
-            auth,
             options,
             shared,
             source,
@@ -185,7 +188,41 @@ impl Sender {
             failures: 0,
             backoff_until: None,
             rng: u64::from_le_bytes(seed) | 1,
+            token_seen: 0,
         }
+    }
+
+    /// A refused token (UNAUTHENTICATED, or PERMISSION_DENIED for the whole stream) is not a
+    /// passing outage: say so loudly and count it. The events stay (buffer or spool) and are
+    /// retried with backoff, so a token fixed by [`crate::Client::set_token`] — or, in spool
+    /// mode, by the next process — delivers them; none is dropped.
+    fn note_refused_token(&self, status: &tonic::Status) -> bool {
+        if !matches!(
+            status.code(),
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+        ) {
+            return false;
+        }
+        Metrics::add(&self.shared.metrics.auth_failures, 1);
+        tracing::error!(code = ?status.code(), error = %status.message(), outstanding = self.outstanding.len(),
+            "the ledger refused this client's token; events are kept and retried until Client::set_token gives a valid one");
+        true
+    }
+
+    /// After `set_token`: forget the backoff and reconnect with the new token now.
+    fn take_new_token(&mut self) {
+        let generation = self.shared.token_generation.load(Ordering::Acquire);
+        if generation == self.token_seen {
+            return;
+        }
+        self.token_seen = generation;
+        self.failures = 0;
+        self.backoff_until = None;
+        let now = Instant::now();
+        for b in &mut self.retry {
+            b.not_before = now;
+        }
+        tracing::info!("new token; reconnecting");
     }
 
     fn random_unit(&mut self) -> f64 {
@@ -285,9 +322,11 @@ impl Sender {
     async fn connect(&mut self) {
         let (tx, rx) = mpsc::channel(self.options.max_in_flight_batches + 1);
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        request
-            .metadata_mut()
-            .insert("authorization", self.auth.clone());
+        let auth = match self.shared.auth.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        request.metadata_mut().insert("authorization", auth);
         let call = self.client.append_stream(request);
         let result = match tokio::time::timeout(self.options.request_timeout, call).await {
             Ok(r) => r,
@@ -311,6 +350,7 @@ impl Sender {
             Err(status) => {
                 self.failures += 1;
                 Metrics::add(&self.shared.metrics.stream_failures, 1);
+                self.note_refused_token(&status);
                 let delay = self.backoff(hint_from_status(&status));
                 tracing::warn!(code = ?status.code(), error = %status.message(), retry_in_ms = delay.as_millis() as u64,
                     outstanding = self.outstanding.len(), "ledger unreachable");
@@ -440,6 +480,7 @@ impl Sender {
 
     pub async fn run(mut self) {
         loop {
+            self.take_new_token();
             self.refill();
             self.publish();
             let now = Instant::now();
@@ -485,6 +526,7 @@ impl Sender {
                 }
                 Wake::Response(Ok(None)) => self.stream_failed("the ledger ended the stream", None),
                 Wake::Response(Err(status)) => {
+                    self.note_refused_token(&status);
                     let reason = format!("{:?}: {}", status.code(), status.message());
                     self.stream_failed(&reason, hint_from_status(&status));
                 }

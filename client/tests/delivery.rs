@@ -434,3 +434,56 @@ fn a_hung_ledger_is_detected_by_request_timeout_and_nothing_is_lost() {
         client.close(Duration::from_secs(5)).await;
     });
 }
+
+/// A token the ledger refuses (wrong, expired, revoked) is no passing outage: it is counted,
+/// the events wait — none dropped, none reported delivered — and `set_token` delivers them.
+#[test]
+fn a_refused_token_keeps_events_until_set_token() {
+    const N: usize = 20;
+    let ledger = Ledger::init(&[]);
+    let gateway = ledger.token("gateway");
+    let investigator = ledger.token("investigator");
+    let server = Server::start(&ledger, free_port());
+    let rt = rt();
+    rt.block_on(async {
+        let options = Options {
+            max_backoff: Duration::from_millis(200),
+            ..Options::default()
+        };
+        let client = Client::connect(&server.url(), "al_not_a_token_of_this_ledger", options)
+            .await
+            .expect("connect");
+        let mut handles = Vec::new();
+        for i in 0..N {
+            handles.push(client.record(tool_call(i)).await.expect("record"));
+        }
+        let mut refused = 0;
+        for _ in 0..300 {
+            refused = client.metrics().auth_failures;
+            if refused >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let m = client.metrics();
+        assert!(refused >= 3, "refusals are retried and counted: {m:?}");
+        assert_eq!(m.acknowledged, 0, "{m:?}");
+        assert_eq!(m.outstanding, N as u64, "every event still waits: {m:?}");
+
+        client.set_token(&gateway).expect("set_token");
+        let mut ids = Vec::new();
+        for h in handles {
+            let r = tokio::time::timeout(Duration::from_secs(30), h.receipt())
+                .await
+                .expect("receipt within 30 s of the new token")
+                .expect("delivered with the new token");
+            ids.push(r.event_id);
+        }
+        let log = leaves(&server.url(), &investigator).await;
+        let stored: Vec<_> = log.iter().map(|e| e.event_id.clone()).collect();
+        assert_eq!(stored, ids, "each event stored once, in order");
+        let m = client.metrics();
+        assert_eq!(m.outstanding, 0, "{m:?}");
+        client.close(Duration::from_secs(5)).await;
+    });
+}
