@@ -359,6 +359,20 @@ pub fn render_memory(out: &mut String, store: Option<&RocksStore>) {
             rss,
         );
     }
+    if let Some((in_use, free)) = heap() {
+        gauge(
+            out,
+            "auditledger_heap_in_use_bytes",
+            "Bytes the allocator has handed out (Rust and RocksDB alike; glibc mallinfo2).",
+            in_use,
+        );
+        gauge(
+            out,
+            "auditledger_heap_free_retained_bytes",
+            "Freed bytes the allocator keeps for reuse instead of returning them to the OS.",
+            free,
+        );
+    }
     let Some(store) = store else { return };
     let m = store.memory();
     gauge(
@@ -385,6 +399,20 @@ pub fn render_memory(out: &mut String, store: Option<&RocksStore>) {
         "RocksDB table-reader memory outside the block cache (open SST files).",
         m.table_readers,
     );
+}
+
+/// (in use, free but retained) bytes of the glibc heap: whether resident memory that grows is
+/// allocated (a leak, or a cache) or only held by the allocator after being freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap() -> Option<(u64, u64)> {
+    // SAFETY: mallinfo2 only reads the allocator's statistics; it has no preconditions.
+    let info = unsafe { libc::mallinfo2() };
+    Some(((info.uordblks + info.hblkhd) as u64, info.fordblks as u64))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap() -> Option<(u64, u64)> {
+    None
 }
 
 /// Resident set size from `/proc/self/status` (Linux; `None` elsewhere).

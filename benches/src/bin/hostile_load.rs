@@ -87,8 +87,8 @@ enum Mode {
 const MIB: f64 = (1u64 << 20) as f64;
 
 /// One soak sample: (seconds since start, RSS MiB, descriptors, sockets, RSS minus what
-/// RocksDB accounts for, MiB).
-type Row = (f64, f64, f64, f64, f64);
+/// RocksDB accounts for, heap in use minus what RocksDB accounts for; MiB).
+type Row = (f64, f64, f64, f64, f64, f64);
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
     let (num, unit) = text.split_at(
@@ -556,9 +556,9 @@ fn main() -> anyhow::Result<()> {
         } => {
             println!("# load average at start: {}", load_average());
             println!(
-                "| t (s) | RSS MiB | RocksDB MiB | of which memtables | other MiB | fds | of which sockets | threads | appends | failed | ack p50 ms | ack p99 ms |"
+                "| t (s) | RSS MiB | RocksDB MiB | of which memtables | other MiB | heap in use MiB | heap free, retained MiB | fds | of which sockets | threads | appends | failed | ack p50 ms | ack p99 ms |"
             );
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             let start = Instant::now();
             samples.take();
             let mut rows: Vec<Row> = Vec::new();
@@ -580,8 +580,10 @@ fn main() -> anyhow::Result<()> {
                     + mib("auditledger_rocksdb_table_readers_bytes");
                 let memtables = mib("auditledger_rocksdb_memtable_bytes");
                 let rss = s.rss_kib as f64 / 1024.0;
+                let heap = mib("auditledger_heap_in_use_bytes");
+                let retained = mib("auditledger_heap_free_retained_bytes");
                 println!(
-                    "| {t:.0} | {rss:.1} | {rocks:.1} | {memtables:.1} | {:.1} | {} | {} | {} | {} | {failed} | {p50} | {p99} |",
+                    "| {t:.0} | {rss:.1} | {rocks:.1} | {memtables:.1} | {:.1} | {heap:.1} | {retained:.1} | {} | {} | {} | {} | {failed} | {p50} | {p99} |",
                     rss - rocks,
                     s.fds,
                     s.sockets,
@@ -589,7 +591,7 @@ fn main() -> anyhow::Result<()> {
                     lat.len()
                 );
                 let _ = std::io::stdout().flush();
-                rows.push((t, rss, s.fds as f64, s.sockets as f64, rss - rocks));
+                rows.push((t, rss, s.fds as f64, s.sockets as f64, rss - rocks, heap - rocks));
                 all.extend(lat);
             }
             let half: Vec<_> = rows[rows.len() / 2..].to_vec();
@@ -608,6 +610,7 @@ fn main() -> anyhow::Result<()> {
             let fds = slope(&|r| r.2);
             let sockets = slope(&|r| r.3);
             let other = slope(&|r| r.4);
+            let heap_other = slope(&|r| r.5);
             let (p50, p99) = pct(&mut all);
             println!(
                 "# whole run: {} appends ({} events), {failed_total} failed, ack p50 {p50} ms, p99 {p99} ms",
@@ -615,7 +618,7 @@ fn main() -> anyhow::Result<()> {
                 samples.events.load(Ordering::Relaxed)
             );
             println!(
-                "# second half: RSS slope {rss:+.2} MiB/min (flat below {rss_slope_mib}), of which outside RocksDB's accounting {other:+.2} MiB/min; socket slope {sockets:+.2}/min (flat below {fd_slope}); all descriptors {fds:+.2}/min"
+                "# second half: RSS slope {rss:+.2} MiB/min (flat below {rss_slope_mib}), of which outside RocksDB's accounting {other:+.2} MiB/min; heap in use outside RocksDB's accounting {heap_other:+.2} MiB/min; socket slope {sockets:+.2}/min (flat below {fd_slope}); all descriptors {fds:+.2}/min"
             );
             let flat = rss.abs() < rss_slope_mib && sockets.abs() < fd_slope;
             println!(
