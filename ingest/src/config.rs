@@ -509,6 +509,8 @@ fn set_override(table: &mut toml::Table, section: &str, key: &str, raw: &str) {
     }
 }
 
+/// Sections that `AUDITLEDGER_<SECTION>_<KEY>` may override (every section of [`Config`];
+/// ingest/tests/config_doc.rs overrides a key of each).
 const SECTIONS: &[&str] = &[
     "ledger",
     "keys",
@@ -516,6 +518,7 @@ const SECTIONS: &[&str] = &[
     "server",
     "auth",
     "quotas",
+    "tiers",
     "witnesses",
 ];
 
