@@ -18,6 +18,8 @@ echo "== cargo test" >&2
 cargo test --workspace --all-targets --locked
 echo "== gateway examples (Rust client, Python, grpcurl) against a throwaway ledger" >&2
 scripts/examples.sh
+echo "== the docs' commands (docs/quickstart.md, docs/operations.md) against throwaway ledgers" >&2
+scripts/doc-commands.sh
 echo "== doc tests" >&2
 cargo test --workspace --doc --locked
 echo "== fuzz targets, 5 s each (scripts/fuzz.sh; own toolchain and target dir)" >&2

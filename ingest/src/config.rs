@@ -549,10 +549,14 @@ impl Config {
         let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
-        config.base_dir = path
+        let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        // Absolute, so that relative tier directories become valid `file:///…` URLs (and paths
+        // do not change meaning if the process changes directory): `serve --config
+        // data/config.toml` once failed with "file:// URLs need an absolute path".
+        config.base_dir = std::path::absolute(&base).unwrap_or(base);
         config.validate().map_err(invalid)?;
         Ok(config)
     }
@@ -756,7 +760,21 @@ mod tests {
         assert_eq!(c.ledger.checkpoint_interval, Duration::from_millis(250));
         assert_eq!(c.limits.max_batch_events, 5);
         assert_eq!(c.ledger.environments, vec!["qa".to_string()]);
-        assert_eq!(c.base_dir, PathBuf::from("."));
+        assert_eq!(c.base_dir, std::env::current_dir().unwrap());
+    }
+
+    /// A config named by a relative path still gives absolute locations: tier directories are
+    /// `file:///…` URLs object_store accepts (the quick start's `--config data/config.toml`).
+    #[test]
+    fn relative_config_paths_resolve_to_absolute_locations() {
+        let c = Config::parse(TEMPLATE, Path::new("data/config.toml"), []).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.data_dir(), cwd.join("data/hot"));
+        assert_eq!(
+            c.tier_url(&c.tiers.warm_url),
+            format!("file://{}", cwd.join("data/warm").display())
+        );
+        assert!(c.tier_url(&c.tiers.cold_url).starts_with("file:///"));
     }
 
     #[test]
