@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the shell commands of the docs, so the docs cannot rot (issue 9, item 5).
 #
-# Usage: scripts/doc-commands.sh [DOC.md ...]   (default: docs/quickstart.md docs/operations.md)
+# Usage: scripts/doc-commands.sh [DOC.md ...]   (default: docs/quickstart.md docs/operations.md docs/scale-out.md)
 #
 # Each document runs in its own fresh temporary directory, with the already-built binaries
 # (auditledger, auditledger-verify) first on PATH. Fenced blocks by info string:
@@ -26,7 +26,7 @@ export PATH="$BIN_DIR:$PATH"
 export RUST_LOG="${RUST_LOG:-warn}"
 
 docs=("$@")
-[ ${#docs[@]} -gt 0 ] || docs=(docs/quickstart.md docs/operations.md)
+[ ${#docs[@]} -gt 0 ] || docs=(docs/quickstart.md docs/operations.md docs/scale-out.md)
 
 bg_pids=()
 work=""
