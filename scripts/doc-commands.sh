@@ -10,6 +10,8 @@
 #                     127.0.0.1:50051 accepts connections, and kills it at the end if still up
 #   ```sh stop        run, then wait (bounded) for every background block to exit
 # Anything else (```shell, ```toml, ...) is shown to readers only.
+# Then scripts/doc-flags.py checks every auditledger/auditledger-verify invocation in ```sh
+# blocks of README.md and docs/*.md against the CLIs' --help (subcommands and flags exist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -117,3 +119,6 @@ run_doc() {
 
 for doc in "${docs[@]}"; do run_doc "$doc"; done
 echo "doc-commands: every command in ${docs[*]} ran" >&2
+# The other docs show templates that cannot run as written: their subcommands and flags are
+# checked against the CLIs' --help instead.
+python3 scripts/doc-flags.py "$BIN_DIR"
