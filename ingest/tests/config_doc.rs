@@ -40,7 +40,12 @@ fn documented() -> BTreeMap<String, Row> {
             continue;
         };
         let cells: Vec<&str> = rest.splitn(4, " | ").collect();
-        assert_eq!(cells.len(), 4, "docs/configuration.md:{}: malformed row", i + 1);
+        assert_eq!(
+            cells.len(),
+            4,
+            "docs/configuration.md:{}: malformed row",
+            i + 1
+        );
         let unquote = |c: &str| -> String {
             c.trim_start_matches('`')
                 .trim_end_matches('`')
@@ -63,7 +68,11 @@ fn documented() -> BTreeMap<String, Row> {
 #[test]
 fn every_config_key_is_documented_with_its_real_default() {
     let doc = documented();
-    assert!(doc.len() > 40, "the tables were not found: {} rows", doc.len());
+    assert!(
+        doc.len() > 40,
+        "the tables were not found: {} rows",
+        doc.len()
+    );
 
     let from_struct = match toml::Value::try_from(Config::default()).expect("serialize defaults") {
         toml::Value::Table(t) => flatten(&t),
@@ -150,7 +159,10 @@ fn documented_environment_variables_override_the_file() {
     assert_eq!(c.quotas.events_per_second, 7);
     assert_eq!(c.tiers.hot_window.as_secs(), 30 * 86_400);
     // An unknown key in a known section is an error naming it, not silently ignored.
-    let typo = [("AUDITLEDGER_TIERS_HOT_WINDOWS".to_string(), "1d".to_string())];
+    let typo = [(
+        "AUDITLEDGER_TIERS_HOT_WINDOWS".to_string(),
+        "1d".to_string(),
+    )];
     let err = Config::parse(TEMPLATE, std::path::Path::new("/etc/al/config.toml"), typo)
         .expect_err("unknown key");
     assert!(err.to_string().contains("hot_windows"), "{err}");

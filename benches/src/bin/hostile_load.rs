@@ -591,7 +591,14 @@ fn main() -> anyhow::Result<()> {
                     lat.len()
                 );
                 let _ = std::io::stdout().flush();
-                rows.push((t, rss, s.fds as f64, s.sockets as f64, rss - rocks, heap - rocks));
+                rows.push((
+                    t,
+                    rss,
+                    s.fds as f64,
+                    s.sockets as f64,
+                    rss - rocks,
+                    heap - rocks,
+                ));
                 all.extend(lat);
             }
             let half: Vec<_> = rows[rows.len() / 2..].to_vec();
