@@ -18,7 +18,7 @@ echo "== cargo test" >&2
 cargo test --workspace --all-targets --locked
 echo "== gateway examples (Rust client, Python, grpcurl) against a throwaway ledger" >&2
 scripts/examples.sh
-echo "== the docs' commands (docs/quickstart.md, docs/operations.md) against throwaway ledgers" >&2
+echo "== the docs' commands (quickstart, operations, scale-out) and command forms (all docs)" >&2
 scripts/doc-commands.sh
 echo "== doc tests" >&2
 cargo test --workspace --doc --locked
