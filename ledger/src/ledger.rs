@@ -1341,7 +1341,8 @@ impl Log {
         *self.info.indexed.borrow()
     }
 
-    /// Waits (up to 5 s) until the asynchronous leaf-hash index covers `size` leaves.
+    /// Waits (up to 5 s) until the asynchronous leaf-hash and search indexes cover `size`
+    /// leaves.
     pub async fn wait_for_index(&self, size: u64) -> Result<(), LedgerError> {
         let mut rx = self.info.indexed.subscribe();
         tokio::time::timeout(INDEX_WAIT, rx.wait_for(|v| *v >= size))
