@@ -284,6 +284,68 @@ impl DenialLimiter {
     }
 }
 
+/// Descriptors the server needs beyond RocksDB's table files and its connections: WAL,
+/// manifest, RocksDB's own log and lock, the listeners, configuration and key files, the
+/// archiver's segment files, stdio.
+pub const FD_RESERVE: u64 = 128;
+
+/// What [`ensure_fd_limit`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdLimit {
+    /// The soft limit already covered the need.
+    Enough { soft: u64 },
+    /// The soft limit was raised (up to the hard limit) to cover it.
+    Raised { from: u64, to: u64 },
+}
+
+/// The soft `RLIMIT_NOFILE` to ask for, given the need and the current limits: `Ok(None)` when
+/// the soft limit suffices, `Ok(Some(n))` to raise it to `n`, `Err` when even the hard limit is
+/// below the need.
+pub fn plan_fd_limit(needed: u64, soft: u64, hard: u64) -> Result<Option<u64>, String> {
+    if soft >= needed {
+        Ok(None)
+    } else if hard >= needed {
+        Ok(Some(needed))
+    } else {
+        Err(format!(
+            "the open-file limit is {soft} (hard limit {hard}) but the server needs {needed}              descriptors: ledger.max_open_files + server.max_connections + {FD_RESERVE} reserved;              raise `ulimit -n` (LimitNOFILE= under systemd) or lower those settings"
+        ))
+    }
+}
+
+/// Makes sure the process may open `needed` descriptors, raising the soft limit toward the
+/// hard one when it is lower. Running out later is far worse than refusing now: RocksDB
+/// treats a failed open during a flush as a background error and refuses every write after.
+pub fn ensure_fd_limit(needed: u64) -> Result<FdLimit, String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!(
+            "reading the open-file limit: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    let (soft, hard): (u64, u64) = (lim.rlim_cur, lim.rlim_max);
+    match plan_fd_limit(needed, soft, hard)? {
+        None => Ok(FdLimit::Enough { soft }),
+        Some(to) => {
+            lim.rlim_cur = to;
+            // SAFETY: setrlimit only reads the struct; raising the soft limit up to the hard
+            // limit needs no privilege.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                return Err(format!(
+                    "raising the open-file limit from {soft} to {to}: {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            Ok(FdLimit::Raised { from: soft, to })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +406,16 @@ mod tests {
         let flushed = limiter.flush(t0 + Duration::from_secs(2));
         assert_eq!(flushed.untracked, 7);
         assert!(flushed.repeats.is_empty());
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_or_refused_with_the_reason() {
+        assert_eq!(plan_fd_limit(1664, 4096, 4096), Ok(None));
+        assert_eq!(plan_fd_limit(1664, 1024, 524_288), Ok(Some(1664)));
+        assert_eq!(plan_fd_limit(1664, 1664, 1664), Ok(None));
+        let err = plan_fd_limit(1664, 1024, 1024).unwrap_err();
+        assert!(err.contains("limit is 1024 (hard limit 1024)"), "{err}");
+        assert!(err.contains("needs 1664"), "{err}");
+        assert!(err.contains("ulimit -n"), "{err}");
     }
 }

@@ -53,24 +53,27 @@ pub async fn listen_address(config: &Config, listen: &str) -> anyhow::Result<(So
     Ok((addr, tls))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGTERM/SIGINT handlers now and returns a future that resolves on the first
+/// of them. Installed before the server announces its address: a signal that arrives right
+/// after start-up must shut it down gracefully, not kill it with the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
@@ -93,6 +96,17 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
     };
     let auth = Authenticator::new(config.tokens_path(), &config.auth.client_cert)
         .map_err(anyhow::Error::msg)?;
+    let fds_needed = u64::from(config.ledger.max_open_files)
+        + config.server.max_connections as u64
+        + crate::hardening::FD_RESERVE;
+    match crate::hardening::ensure_fd_limit(fds_needed).map_err(anyhow::Error::msg)? {
+        crate::hardening::FdLimit::Raised { from, to } => {
+            tracing::info!(from, to, "raised the open-file limit")
+        }
+        crate::hardening::FdLimit::Enough { soft } => {
+            tracing::debug!(soft, needed = fds_needed, "open-file limit")
+        }
+    }
     let open_config = config.clone();
     let (ledger, store) =
         tokio::task::spawn_blocking(move || open::open_ledger(&open_config)).await??;
@@ -234,6 +248,7 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
         ))
     });
 
+    let stop_signal = shutdown_signal()?;
     tracing::info!(address = %local, tls = use_tls, mtls = use_tls && !config.server.tls_client_ca.as_os_str().is_empty(), "listening");
     println!("auditledger listening on {scheme}://{local}");
 
@@ -299,7 +314,7 @@ pub async fn serve(config: Config, listen_override: Option<String>) -> anyhow::R
     let grace = config.server.shutdown_grace;
     tokio::select! {
         result = &mut server => result.context("gRPC server failed")?,
-        _ = shutdown_signal() => {
+        _ = stop_signal => {
             tracing::info!(grace = ?grace, "shutting down: no new requests, draining in-flight ones");
             let _ = shutdown_tx.send(true);
             if tokio::time::timeout(grace, &mut server).await.is_err() {

@@ -197,13 +197,20 @@ fn exports_across_tiers_verify_offline() {
             .iter()
             .filter(|e| e.event_kind == pb::EventKind::DataExport as i32)
             .count()
-            >= 2
+            >= 3
     }));
     let exports: Vec<_> = events
         .iter()
         .filter(|e| e.event_kind == pb::EventKind::DataExport as i32)
         .collect();
-    assert_eq!(exports.len(), 2, "{events:#?}");
+    // Three exports above: the range, the same range as OCSF, the time window.
+    assert_eq!(exports.len(), 3, "{events:#?}");
+    assert!(
+        exports
+            .iter()
+            .any(|e| format!("{e:?}").contains("SIEM import 42")),
+        "{exports:#?}"
+    );
     let first = format!("{:?}", exports[0]);
     assert!(
         first.contains("SOC 2 evidence request 42")

@@ -478,3 +478,69 @@ fn hostile_clients_do_not_take_the_server_down() {
     );
     assert!(server.stop(), "server did not stop cleanly");
 }
+
+/// `serve` under `ulimit` settings: `ulimit` as a shell prefix, then exec the server.
+fn serve_under_ulimit(ledger: &Ledger, ulimit: &str) -> std::process::Child {
+    std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!("{ulimit} && exec \"$0\" serve --config \"$1\" --listen 127.0.0.1:0"),
+            common::bin(),
+            &ledger.config(),
+        ])
+        .env_remove("AUDITLEDGER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bash")
+}
+
+/// Running out of descriptors under load makes RocksDB refuse every write after a failed
+/// flush, so the server checks at start: a hard limit below its need is refused with the
+/// reason, a low soft limit is raised.
+#[test]
+fn the_open_file_limit_is_checked_at_start() {
+    let ledger = Ledger::init("");
+    // Default config: max_open_files 512 + max_connections 1024 + 128 reserved = 1664.
+    let out = serve_under_ulimit(&ledger, "ulimit -n 1000")
+        .wait_with_output()
+        .expect("serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve started with 1000 descriptors");
+    assert!(
+        stderr.contains("open-file limit is 1000 (hard limit 1000)")
+            && stderr.contains("needs 1664"),
+        "{stderr}"
+    );
+
+    let mut child = serve_under_ulimit(&ledger, "ulimit -S -n 256");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("auditledger listening on ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let started = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("serve exits");
+    assert!(started, "serve did not start with a soft limit of 256");
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("Max open files in /proc/PID/limits");
+    assert!(soft >= 1664, "soft limit {soft} was not raised: {limits}");
+    assert!(status.success(), "serve did not stop cleanly: {status}");
+}

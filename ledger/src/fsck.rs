@@ -692,13 +692,49 @@ fn fields_from(
     )
 }
 
-/// The search-index entries the hot leaves of a chunk must have are there.
+/// The search-index entries the hot leaves of a chunk must have are there: each leaf is in
+/// the posting list of its field value's bucket (or, written before posting lists, under a key
+/// of its own with an empty value).
 fn check_field_entries(store: &dyn Store, keys: &[[u8; layout::FIELD_KEY_LEN]]) -> Check {
-    let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    let mut grouped = keys.to_vec();
+    let lists = layout::field_postings(&mut grouped);
+    let refs: Vec<&[u8]> = lists.iter().map(|(k, _)| &k[..]).collect();
     let mut problem = None;
+    // Expected entries not in their bucket's list, to look up as entries of their own.
+    let mut own: Vec<[u8; layout::FIELD_KEY_LEN]> = Vec::new();
     store.multi_get(Space::Fields, &refs, &mut |i, value| {
-        if problem.is_none() && value.is_none() {
-            let (_, tag, _, leaf) = layout::parse_field_index_key(&keys[i]).unwrap_or_default();
+        if problem.is_some() {
+            return;
+        }
+        let (key, wanted) = &lists[i];
+        let (_, _, _, base) = layout::parse_field_index_key(key).unwrap_or_default();
+        let mut expected = Vec::new();
+        let mut stored = Vec::new();
+        layout::decode_postings(base, wanted, &mut expected);
+        if let Some(v) = value
+            && layout::decode_postings(base, v, &mut stored).is_none()
+        {
+            problem = Some(format!(
+                "search index posting list {} is malformed",
+                hex::encode(key)
+            ));
+            return;
+        }
+        for leaf in expected {
+            if stored.binary_search(&leaf).is_err() {
+                let mut k = *key;
+                k[13..].copy_from_slice(&leaf.to_be_bytes());
+                own.push(k);
+            }
+        }
+    })?;
+    if problem.is_some() {
+        return Ok(problem.map_or(Ok(()), Err));
+    }
+    let refs: Vec<&[u8]> = own.iter().map(|k| &k[..]).collect();
+    store.multi_get(Space::Fields, &refs, &mut |i, value| {
+        if problem.is_none() && value != Some(&[][..]) {
+            let (_, tag, _, leaf) = layout::parse_field_index_key(&own[i]).unwrap_or_default();
             let field = IndexedField::from_tag(tag).map_or("?", IndexedField::column);
             problem = Some(format!(
                 "leaf {leaf}: search index entry for {field} missing"
@@ -731,32 +767,45 @@ fn check_field_index(
     let (start, end) = layout::log_range(log_id);
     let mut hot = 0u64;
     let mut bad = None;
+    let mut leaves = Vec::new();
     store.scan(
         Space::Fields,
         &start,
         end.as_ref().map(|e| &e[..]),
         Direction::Forward,
         &mut |k, v| {
-            let Some((_, tag, _, leaf)) = layout::parse_field_index_key(k) else {
+            let Some((_, tag, _, base)) = layout::parse_field_index_key(k) else {
                 bad = Some(format!("search index key {} is malformed", hex::encode(k)));
                 return false;
             };
-            if !v.is_empty() || !IndexedField::HOT_INDEXED.iter().any(|f| f.tag() == tag) {
+            if !IndexedField::HOT_INDEXED.iter().any(|f| f.tag() == tag) {
                 bad = Some(format!(
-                    "search index entry {} has an unknown field tag or a value",
+                    "search index entry {} has an unknown field tag",
                     hex::encode(k)
                 ));
                 return false;
             }
-            if leaf >= tree_size {
+            leaves.clear();
+            if layout::decode_postings(base, v, &mut leaves).is_none() {
                 bad = Some(format!(
-                    "search index entry {} points to leaf {leaf}, beyond the tree size {tree_size}",
+                    "search index posting list {} is malformed",
                     hex::encode(k)
                 ));
                 return false;
             }
-            if checked.contains(&leaf) && !released.iter().any(|(a, b)| (*a..*b).contains(&leaf)) {
-                hot += 1;
+            for &leaf in &leaves {
+                if leaf >= tree_size {
+                    bad = Some(format!(
+                        "search index entry {} points to leaf {leaf}, beyond the tree size {tree_size}",
+                        hex::encode(k)
+                    ));
+                    return false;
+                }
+                if checked.contains(&leaf)
+                    && !released.iter().any(|(a, b)| (*a..*b).contains(&leaf))
+                {
+                    hot += 1;
+                }
             }
             true
         },
@@ -1028,30 +1077,74 @@ mod search_index_tests {
         ledger.close().unwrap();
         assert_eq!(problems(&store), "");
 
-        // A missing entry, a stray one (leaf 5 is not user-3's), one beyond the tree.
+        // user-3's posting list (bucket 0) rewritten: without leaf 3 (missing), with leaf 5
+        // (not user-3's: stray), with leaf 300 (beyond the tree), malformed.
         let user3 = layout::field_value_hash("user-3");
         let key = |leaf| layout::field_index_key(0, IndexedField::UserId.tag(), &user3, leaf);
-        delete(&store, Space::Fields, &key(3));
+        let set_list = |leaves: &[u64]| {
+            let mut b = WriteBatch::new();
+            b.put(
+                Space::Fields,
+                key(0).to_vec(),
+                layout::encode_postings(0, leaves),
+            );
+            store.write(b, true).unwrap();
+        };
+        let with = |extra: u64| {
+            let mut l = want.clone();
+            l.push(extra);
+            l.sort_unstable();
+            l
+        };
+        set_list(&want[1..]);
         assert!(
             problems(&store).contains("leaf 3: search index entry for user_id missing"),
             "{}",
             problems(&store)
         );
-        put(&store, Space::Fields, &key(3));
-        put(&store, Space::Fields, &key(5));
+        set_list(&with(5));
         assert!(
             problems(&store).contains("stray entries"),
             "{}",
             problems(&store)
         );
-        delete(&store, Space::Fields, &key(5));
-        put(&store, Space::Fields, &key(300));
+        set_list(&with(300));
         assert!(
             problems(&store).contains("beyond the tree size 300"),
             "{}",
             problems(&store)
         );
-        delete(&store, Space::Fields, &key(300));
+        let mut b = WriteBatch::new();
+        b.put(Space::Fields, key(0).to_vec(), vec![0x80]);
+        store.write(b, true).unwrap();
+        assert!(
+            problems(&store).contains("is malformed"),
+            "{}",
+            problems(&store)
+        );
+        // An entry from before posting lists (its own key, empty value) stands for its leaf:
+        // leaf 16 moved out of the list into one is consistent and still found, in order.
+        set_list(
+            &want
+                .iter()
+                .copied()
+                .filter(|&l| l != 16)
+                .collect::<Vec<_>>(),
+        );
+        put(&store, Space::Fields, &key(16));
+        assert_eq!(problems(&store), "");
+        let ledger = open(&store);
+        assert_eq!(
+            candidates(&ledger, IndexedField::UserId, "user-3", Order::OldestFirst),
+            want
+        );
+        assert_eq!(
+            candidates(&ledger, IndexedField::UserId, "user-3", Order::NewestFirst),
+            rev
+        );
+        ledger.close().unwrap();
+        set_list(&want);
+        delete(&store, Space::Fields, &key(16));
         assert_eq!(problems(&store), "");
     }
 

@@ -3,7 +3,10 @@
 //! and agent id → leaf index).
 //!
 //! Their keys land anywhere in the key space: leaf hashes are uniformly random, and each event
-//! adds up to five search keys, one per field, each next to other events with the same value.
+//! adds up to five search entries, one per field, each next to other events with the same
+//! value. The search entries of one batch are grouped into posting lists (one merge per field
+//! value and 4096-leaf bucket, `layout::field_postings`), which cut the keys the search index
+//! inserts, flushes and compacts about fourfold for realistic events.
 //! Inserting them in the synced group commit cost ~45% (leaf hashes) and then ~25% of the CPU
 //! (search keys) of the ingest path on a 2-core machine. Nothing depends on them for durability
 //! or dedup (the event-id index stays in the group commit), so a dedicated thread writes them
@@ -73,12 +76,9 @@ pub(crate) fn run(shared: Arc<Shared>, rx: mpsc::Receiver<IndexJob>) {
                 index.to_be_bytes().to_vec(),
             );
         }
-        let mut fields: Vec<&[u8; layout::FIELD_KEY_LEN]> =
-            jobs.iter().flat_map(|j| &j.fields).collect();
-        fields.sort_unstable();
-        for key in fields {
-            batch.put(Space::Fields, key.to_vec(), Vec::new());
-        }
+        let mut fields: Vec<[u8; layout::FIELD_KEY_LEN]> =
+            jobs.iter().flat_map(|j| j.fields.iter().copied()).collect();
+        put_postings(&mut batch, &mut fields);
         for (log_id, (_, end)) in &ends {
             batch.put(
                 Space::Meta,
@@ -194,9 +194,14 @@ pub(crate) fn index_entries(
              (the state records {to} leaves)"
         )));
     }
-    fields.sort_unstable();
-    for key in fields {
-        batch.put(Space::Fields, key.to_vec(), Vec::new());
-    }
+    put_postings(&mut batch, &mut fields);
     Ok(batch)
+}
+
+/// Adds search-index entries (one [`layout::field_index_key`] per field and leaf) to `batch`
+/// as posting-list merges, one per (field, value, bucket).
+pub(crate) fn put_postings(batch: &mut WriteBatch, entries: &mut [[u8; layout::FIELD_KEY_LEN]]) {
+    for (key, leaves) in layout::field_postings(entries) {
+        batch.merge(Space::Fields, key.to_vec(), leaves);
+    }
 }

@@ -376,8 +376,23 @@ pub fn field_value_hash(value: &str) -> [u8; FIELD_HASH_PREFIX] {
     out
 }
 
-/// `log_id u32 ‖ tag u8 ‖ BLAKE3(value)[..8] ‖ leaf_index u64` (21 bytes) → empty.
-/// `tag` is [`crate::query::IndexedField::tag`].
+/// Leaves per posting list: the search index keeps one key per (log, field, value hash) and
+/// 4096-leaf range of the log, whose value lists the leaves of that range with the value.
+pub const FIELD_BUCKET: u64 = 4096;
+
+/// First leaf of the posting-list bucket holding `leaf`.
+pub const fn field_bucket(leaf: u64) -> u64 {
+    leaf & !(FIELD_BUCKET - 1)
+}
+
+/// `log_id u32 ‖ tag u8 ‖ BLAKE3(value)[..8] ‖ base u64` (21 bytes) → posting list
+/// ([`encode_postings`]). `tag` is [`crate::query::IndexedField::tag`]; `base` is the bucket's
+/// first leaf ([`field_bucket`]), or for an entry with an empty value (written before posting
+/// lists) the one leaf it stands for. Built with RocksDB merges ([`merge_postings`]): every
+/// indexer batch adds its leaves to each bucket it touches, and the union is idempotent, so
+/// re-indexing leaves after a crash cannot duplicate them. The sequencer and the indexer also
+/// use this key with a leaf's own index as `base`, as the sort key of one (field, leaf) entry
+/// before grouping ([`field_postings`]).
 pub fn field_index_key(
     log_id: LogId,
     tag: u8,
@@ -392,7 +407,125 @@ pub fn field_index_key(
     k
 }
 
-/// Splits a [`Space::Fields`] key into (log_id, tag, value hash, leaf_index).
+/// Encodes strictly increasing `leaves` of the bucket at `base` as a posting list: each leaf
+/// as the LEB128 varint of its distance from the previous one, the first from `base`.
+pub fn encode_postings(base: u64, leaves: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(leaves.len() * 2);
+    let mut prev = base;
+    for &leaf in leaves {
+        let mut d = leaf - prev;
+        prev = leaf;
+        loop {
+            let byte = (d & 0x7f) as u8;
+            d >>= 7;
+            if d == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    out
+}
+
+/// Decodes a posting list stored under `base` and appends its leaves to `out`, ascending.
+/// `None` if it is malformed: a truncated or overlong varint, a repeated leaf, or a leaf
+/// outside the bucket. An empty value is the single leaf `base` (entries from before posting
+/// lists).
+pub fn decode_postings(base: u64, value: &[u8], out: &mut Vec<u64>) -> Option<()> {
+    if value.is_empty() {
+        out.push(base);
+        return Some(());
+    }
+    if field_bucket(base) != base {
+        return None;
+    }
+    let mut prev = base;
+    let mut first = true;
+    let mut rest = value;
+    while !rest.is_empty() {
+        let mut d = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let (&byte, tail) = rest.split_first()?;
+            rest = tail;
+            if shift > 56 {
+                return None;
+            }
+            d |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        if d == 0 && !first {
+            return None;
+        }
+        first = false;
+        prev = prev.checked_add(d)?;
+        if prev - base >= FIELD_BUCKET {
+            return None;
+        }
+        out.push(prev);
+    }
+    Some(())
+}
+
+/// The merge operator of [`Space::Fields`]: the union of the stored posting list (if any) and
+/// every operand, or `None` (a corruption error at read) if one of them is malformed.
+/// Associative, commutative and idempotent.
+pub fn merge_postings<'a>(
+    key: &[u8],
+    existing: Option<&[u8]>,
+    operands: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<Vec<u8>> {
+    let (_, _, _, base) = parse_field_index_key(key)?;
+    let mut leaves = Vec::new();
+    if let Some(v) = existing {
+        decode_postings(base, v, &mut leaves)?;
+    }
+    for op in operands {
+        decode_postings(base, op, &mut leaves)?;
+    }
+    leaves.sort_unstable();
+    leaves.dedup();
+    if leaves.iter().any(|&l| field_bucket(l) != base) {
+        // A pre-posting-list entry under an unaligned base never receives merges.
+        return None;
+    }
+    Some(encode_postings(base, &leaves))
+}
+
+/// Groups search-index entries (one [`field_index_key`] per field and leaf, with the leaf as
+/// `base`) into posting lists: sorts them and returns each bucket's key with its encoded
+/// leaves, ready to be merged into [`Space::Fields`].
+pub fn field_postings(entries: &mut [[u8; FIELD_KEY_LEN]]) -> Vec<([u8; FIELD_KEY_LEN], Vec<u8>)> {
+    entries.sort_unstable();
+    let mut out = Vec::new();
+    let mut leaves = Vec::new();
+    let mut i = 0;
+    while i < entries.len() {
+        let head = entries[i];
+        let base = field_bucket(decode_u64(&head[13..]).unwrap_or_default());
+        leaves.clear();
+        while i < entries.len() && entries[i][..13] == head[..13] {
+            let leaf = decode_u64(&entries[i][13..]).unwrap_or_default();
+            if field_bucket(leaf) != base {
+                break;
+            }
+            if leaves.last() != Some(&leaf) {
+                leaves.push(leaf);
+            }
+            i += 1;
+        }
+        let mut key = head;
+        key[13..].copy_from_slice(&base.to_be_bytes());
+        out.push((key, encode_postings(base, &leaves)));
+    }
+    out
+}
+
+/// Splits a [`Space::Fields`] key into (log_id, tag, value hash, base).
 pub fn parse_field_index_key(key: &[u8]) -> Option<(LogId, u8, [u8; FIELD_HASH_PREFIX], u64)> {
     if key.len() != FIELD_KEY_LEN {
         return None;
@@ -576,6 +709,83 @@ mod tests {
             );
         }
         assert!(TileView::parse(&value[..value.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn posting_lists_round_trip_merge_and_reject_damage() {
+        // The example of docs/storage-format.md.
+        assert_eq!(
+            encode_postings(8192, &[8192, 8195, 8300]),
+            [0x00, 0x03, 0x69]
+        );
+        let base = 3 * FIELD_BUCKET;
+        let leaves = [base, base + 1, base + 200, base + 4095];
+        let v = encode_postings(base, &leaves);
+        let mut out = Vec::new();
+        decode_postings(base, &v, &mut out).unwrap();
+        assert_eq!(out, leaves);
+        // An empty value is the key's own leaf (entries from before posting lists).
+        out.clear();
+        decode_postings(12345, &[], &mut out).unwrap();
+        assert_eq!(out, [12345]);
+        // Damage: truncated varint, repeated leaf, outside the bucket, unaligned base.
+        for (b, bad) in [
+            (base, vec![0x80]),
+            (base, vec![1, 0]),
+            (base, encode_postings(base, &[base + FIELD_BUCKET])),
+            (base + 1, vec![1]),
+            (base, vec![0xff; 11]),
+        ] {
+            assert!(
+                decode_postings(b, &bad, &mut Vec::new()).is_none(),
+                "{bad:?}"
+            );
+        }
+
+        let key = field_index_key(7, 3, &[9; FIELD_HASH_PREFIX], base);
+        let a = encode_postings(base, &[base + 5, base + 9]);
+        let b = encode_postings(base, &[base + 1, base + 9, base + 30]);
+        let merged = merge_postings(&key, Some(&a), [&b[..], &a[..]]).unwrap();
+        out.clear();
+        decode_postings(base, &merged, &mut out).unwrap();
+        assert_eq!(out, [base + 1, base + 5, base + 9, base + 30]);
+        // A pre-posting-list entry at an aligned base is its leaf.
+        let merged = merge_postings(&key, Some(&[]), [&b[..]]).unwrap();
+        out.clear();
+        decode_postings(base, &merged, &mut out).unwrap();
+        assert_eq!(out, [base, base + 1, base + 9, base + 30]);
+        assert!(merge_postings(&key, None, [&[0x80u8][..]]).is_none());
+    }
+
+    #[test]
+    fn entries_group_into_one_posting_list_per_value_and_bucket() {
+        let (u, v) = ([1; FIELD_HASH_PREFIX], [2; FIELD_HASH_PREFIX]);
+        let mut entries = vec![
+            field_index_key(0, 4, &u, 4097),
+            field_index_key(0, 4, &v, 5),
+            field_index_key(0, 4, &u, 3),
+            field_index_key(0, 4, &u, 1),
+            field_index_key(0, 4, &u, 1),
+            field_index_key(0, 5, &u, 2),
+        ];
+        let lists: Vec<_> = field_postings(&mut entries)
+            .into_iter()
+            .map(|(k, v)| {
+                let (_, tag, hash, base) = parse_field_index_key(&k).unwrap();
+                let mut leaves = Vec::new();
+                decode_postings(base, &v, &mut leaves).unwrap();
+                (tag, hash, base, leaves)
+            })
+            .collect();
+        assert_eq!(
+            lists,
+            [
+                (4, u, 0, vec![1, 3]),
+                (4, u, 4096, vec![4097]),
+                (4, v, 0, vec![5]),
+                (5, u, 0, vec![2]),
+            ]
+        );
     }
 
     #[test]

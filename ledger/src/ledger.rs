@@ -949,11 +949,8 @@ fn index_fields_of_old_log(
                 "{origin}: building the search index: {f}"
             )));
         }
-        keys.sort_unstable();
-        let mut batch = WriteBatch::with_capacity(keys.len() + 1);
-        for k in keys {
-            batch.put(Space::Fields, k.to_vec(), Vec::new());
-        }
+        let mut batch = WriteBatch::with_capacity(keys.len() / 4 + 1);
+        crate::indexer::put_postings(&mut batch, &mut keys);
         if end == tree_size {
             batch.put(
                 Space::Meta,
@@ -1278,35 +1275,60 @@ impl Log {
                 .collect());
         }
         let h = layout::field_value_hash(value);
-        let start = layout::field_index_key(self.info.log_id, field.tag(), &h, lo);
+        // Posting lists are keyed by their bucket's first leaf; entries from before posting
+        // lists by their own leaf, inside some bucket. Keys come in base order, so the leaves
+        // of one bucket are gathered (from its list and any older entries), sorted, and
+        // emitted when the scan leaves the bucket.
+        let start =
+            layout::field_index_key(self.info.log_id, field.tag(), &h, layout::field_bucket(lo));
         let end = layout::field_index_key(self.info.log_id, field.tag(), &h, hi);
         let direction = match order {
             Order::OldestFirst => Direction::Forward,
             Order::NewestFirst => Direction::Reverse,
         };
         let mut out = Vec::new();
+        let mut bucket: Option<u64> = None;
+        let mut gathered = Vec::new();
+        let emit = |gathered: &mut Vec<u64>, out: &mut Vec<u64>| {
+            gathered.sort_unstable();
+            gathered.dedup();
+            let in_range = gathered.iter().copied().filter(|l| (lo..hi).contains(l));
+            match order {
+                Order::OldestFirst => out.extend(in_range),
+                Order::NewestFirst => out.extend(in_range.rev()),
+            }
+            gathered.clear();
+        };
         let mut bad = None;
         self.shared
             .store
-            .scan(Space::Fields, &start, Some(&end), direction, &mut |k, _| {
-                match layout::parse_field_index_key(k) {
-                    Some((_, _, _, index)) => {
-                        out.push(index);
-                        out.len() < max
+            .scan(Space::Fields, &start, Some(&end), direction, &mut |k, v| {
+                let Some((_, _, _, base)) = layout::parse_field_index_key(k) else {
+                    bad = Some(format!("malformed search index key {}", hex::encode(k)));
+                    return false;
+                };
+                if bucket != Some(layout::field_bucket(base)) {
+                    emit(&mut gathered, &mut out);
+                    if out.len() >= max {
+                        return false;
                     }
-                    None => {
-                        bad = Some(hex::encode(k));
-                        false
-                    }
+                    bucket = Some(layout::field_bucket(base));
                 }
+                if layout::decode_postings(base, v, &mut gathered).is_none() {
+                    bad = Some(format!(
+                        "malformed search index posting list under key {}",
+                        hex::encode(k)
+                    ));
+                    return false;
+                }
+                true
             })?;
-        match bad {
-            Some(k) => Err(LedgerError::Corrupt(format!(
-                "{}: malformed search index key {k}",
-                self.info.origin
-            ))),
-            None => Ok(out),
+        if let Some(b) = bad {
+            return Err(LedgerError::Corrupt(format!("{}: {b}", self.info.origin)));
         }
+        emit(&mut gathered, &mut out);
+        out.truncate(max);
+        Ok(out)
     }
 
     /// Leaf index of an event id.

@@ -93,6 +93,17 @@ struct PendingLeaf {
     at: (usize, usize),
 }
 
+/// A new leaf of the group being built, between sequencing and hashing.
+struct NewLeaf {
+    log: LogKey,
+    leaf_index: u64,
+    leaf: Vec<u8>,
+    /// (submission, event) position in the group.
+    at: (usize, usize),
+    /// Position of its receipt in the submission's receipts.
+    receipt: usize,
+}
+
 /// What the sequencer remembers of a group it handed to the committer, to forget its event
 /// ids once durable or to roll back over it if the write fails.
 struct InFlight {
@@ -486,8 +497,14 @@ impl Sequencer {
             }
         }
 
+        // Pass 1: sequence. Each new event gets its index, timestamp and leaf bytes; the
+        // receipts of new leaves (and of copies of them later in this group) wait for pass 2's
+        // hashes, computed together through BLAKE3's multi-lane kernel.
         let mut receipts: Vec<Vec<Receipt>> = Vec::with_capacity(events.len());
-        let mut completed = Vec::new();
+        let mut new_leaves: Vec<NewLeaf> = Vec::with_capacity(event_count);
+        let mut in_group: HashMap<(LogId, [u8; 16]), usize> = HashMap::new();
+        // (submission, receipt) positions of in-group copies and the new leaf they copy.
+        let mut copies: Vec<(usize, usize, usize)> = Vec::new();
         for (s_index, submission) in events.iter().enumerate() {
             let mut these = Vec::with_capacity(submission.len());
             for (e_index, event) in submission.iter().enumerate() {
@@ -496,87 +513,122 @@ impl Sequencer {
                 let log_id = log.info.log_id;
                 let origin = log.info.origin.clone();
                 let dedup_key = (log_id, event.event_id.0);
-                // In flight (this group or one not yet durable) first: the store may not have it.
+                let duplicate = |leaf_index, leaf_hash, content_differs| Receipt {
+                    origin: origin.clone(),
+                    event_id: event.event_id,
+                    leaf_index,
+                    leaf_hash,
+                    duplicate: true,
+                    content_differs,
+                };
+                if let Some(&slot) = in_group.get(&dedup_key) {
+                    let first = &new_leaves[slot];
+                    let (s0, e0) = first.at;
+                    copies.push((s_index, these.len(), slot));
+                    these.push(duplicate(
+                        first.leaf_index,
+                        [0; 32],
+                        Some(events[s0][e0].event_bytes != event.event_bytes),
+                    ));
+                    continue;
+                }
+                // In flight (a group not yet durable) next: the store may not have it.
                 if let Some(first) = self.pending.get(&dedup_key) {
                     let (s0, e0) = first.at;
-                    these.push(Receipt {
-                        origin,
-                        event_id: event.event_id,
-                        leaf_index: first.leaf_index,
-                        leaf_hash: first.leaf_hash,
-                        duplicate: true,
-                        content_differs: Some(
-                            first.events[s0][e0].event_bytes != event.event_bytes,
-                        ),
-                    });
+                    these.push(duplicate(
+                        first.leaf_index,
+                        first.leaf_hash,
+                        Some(first.events[s0][e0].event_bytes != event.event_bytes),
+                    ));
                     continue;
                 }
                 if let Some(&leaf_index) = stored.get(&dedup_key) {
                     let (leaf_hash, content_differs) =
                         self.describe_stored(&event.log, leaf_index, &event.event_bytes)?;
-                    these.push(Receipt {
-                        origin,
-                        event_id: event.event_id,
-                        leaf_index,
-                        leaf_hash,
-                        duplicate: true,
-                        content_differs,
-                    });
+                    these.push(duplicate(leaf_index, leaf_hash, content_differs));
                     continue;
                 }
                 let leaf_index = log.state.tree_size;
                 let logged_at = self.shared.clock.now_nanos().max(log.state.last_logged_at);
-                let leaf =
-                    crate::event::encode_leaf(&event.event_bytes, logged_at, &principals[s_index]);
-                let hash = leaf_hash(&leaf);
-                batch.put(
-                    Space::Leaves,
-                    layout::leaf_key(log_id, leaf_index).to_vec(),
-                    leaf,
-                );
-                batch.put(
-                    Space::EventIds,
-                    layout::event_id_key(log_id, &event.event_id.0).to_vec(),
-                    leaf_index.to_be_bytes().to_vec(),
-                );
-                let job = index_jobs.entry(log_id).or_insert_with(|| IndexJob {
-                    info: log.info.clone(),
-                    first: leaf_index,
-                    hashes: Vec::new(),
-                    fields: Vec::new(),
-                });
-                job.hashes.push(hash);
-                for (tag, value_hash) in &event.fields {
-                    job.fields.push(layout::field_index_key(
-                        log_id, *tag, value_hash, leaf_index,
-                    ));
-                }
-                log.edge.append(hash, &mut completed);
-                for (tile, value) in completed.drain(..) {
-                    batch.put(Space::Tiles, layout::tile_key(log_id, tile).to_vec(), value);
-                }
                 log.state.tree_size += 1;
                 log.state.last_logged_at = logged_at;
-                self.pending.insert(
-                    dedup_key,
-                    PendingLeaf {
-                        leaf_index,
-                        leaf_hash: hash,
-                        events: events.clone(),
-                        at: (s_index, e_index),
-                    },
-                );
-                ids.push(dedup_key);
+                in_group.insert(dedup_key, new_leaves.len());
+                new_leaves.push(NewLeaf {
+                    log: event.log.clone(),
+                    leaf_index,
+                    leaf: crate::event::encode_leaf(
+                        &event.event_bytes,
+                        logged_at,
+                        &principals[s_index],
+                    ),
+                    at: (s_index, e_index),
+                    receipt: these.len(),
+                });
                 these.push(Receipt {
                     origin,
                     event_id: event.event_id,
                     leaf_index,
-                    leaf_hash: hash,
+                    leaf_hash: [0; 32],
                     duplicate: false,
                     content_differs: None,
                 });
             }
             receipts.push(these);
+        }
+
+        // Pass 2: hash, write, extend the trees.
+        let hashes = {
+            let leaves: Vec<&[u8]> = new_leaves.iter().map(|n| &n.leaf[..]).collect();
+            crate::leaf_hashes::leaf_hashes(&leaves)
+        };
+        let mut completed = Vec::new();
+        for (new, &hash) in new_leaves.into_iter().zip(&hashes) {
+            let (s_index, e_index) = new.at;
+            let event = &events[s_index][e_index];
+            let log = self.logs.get_mut(&new.log).expect("sequenced above");
+            let log_id = log.info.log_id;
+            let leaf_index = new.leaf_index;
+            receipts[s_index][new.receipt].leaf_hash = hash;
+            batch.put(
+                Space::Leaves,
+                layout::leaf_key(log_id, leaf_index).to_vec(),
+                new.leaf,
+            );
+            batch.put(
+                Space::EventIds,
+                layout::event_id_key(log_id, &event.event_id.0).to_vec(),
+                leaf_index.to_be_bytes().to_vec(),
+            );
+            let job = index_jobs.entry(log_id).or_insert_with(|| IndexJob {
+                info: log.info.clone(),
+                first: leaf_index,
+                hashes: Vec::new(),
+                fields: Vec::new(),
+            });
+            job.hashes.push(hash);
+            for (tag, value_hash) in &event.fields {
+                job.fields.push(layout::field_index_key(
+                    log_id, *tag, value_hash, leaf_index,
+                ));
+            }
+            log.edge.append(hash, &mut completed);
+            for (tile, value) in completed.drain(..) {
+                batch.put(Space::Tiles, layout::tile_key(log_id, tile).to_vec(), value);
+            }
+            let dedup_key = (log_id, event.event_id.0);
+            self.pending.insert(
+                dedup_key,
+                PendingLeaf {
+                    leaf_index,
+                    leaf_hash: hash,
+                    events: events.clone(),
+                    at: new.at,
+                },
+            );
+            ids.push(dedup_key);
+        }
+        for (s_index, pos, slot) in copies {
+            receipts[s_index][pos].leaf_hash = hashes[slot];
         }
 
         let mut published = Vec::with_capacity(touched.len());

@@ -14,7 +14,7 @@ use auditledger_ledger::query::{IndexedField, Order};
 use auditledger_ledger::segments::{SegmentRecord, Tier};
 use auditledger_ledger::store::memory::MemoryStore;
 use auditledger_ledger::store::rocks::{RocksOptions, RocksStore};
-use auditledger_ledger::store::{Store, WriteBatch};
+use auditledger_ledger::store::{Direction, Store, WriteBatch};
 use auditledger_ledger::{Ledger, LedgerOptions, fsck};
 
 fn event(n: u64, tenant: &str, env: &str) -> AuditEvent {
@@ -273,18 +273,24 @@ fn leaf_hash_index_tail_is_rebuilt_on_open(store: Arc<dyn Store>) {
             layout::leaf_hash_key(0, &r.leaf_hash).to_vec(),
         );
     }
-    for n in 100..300u64 {
-        let user = format!("user-{}", n % 13);
-        b.delete(
-            Space::Fields,
-            layout::field_index_key(
-                0,
-                IndexedField::UserId.tag(),
-                &layout::field_value_hash(&user),
-                n,
-            )
-            .to_vec(),
-        );
+    // Every posting list of bucket 0 keeps only its leaves below 100.
+    let mut lists = Vec::new();
+    store
+        .scan(Space::Fields, &[], None, Direction::Forward, &mut |k, v| {
+            lists.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .unwrap();
+    assert!(!lists.is_empty());
+    for (k, v) in lists {
+        let mut leaves = Vec::new();
+        layout::decode_postings(0, &v, &mut leaves).expect("a posting list");
+        leaves.retain(|&l| l < 100);
+        if leaves.is_empty() {
+            b.delete(Space::Fields, k);
+        } else {
+            b.put(Space::Fields, k, layout::encode_postings(0, &leaves));
+        }
     }
     store.write(b, true).unwrap();
     let report = fsck::check(store.as_ref(), &[signer().verifier()]).unwrap();

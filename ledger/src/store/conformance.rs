@@ -34,6 +34,78 @@ pub fn run_all(store: &dyn Store) {
     delete_range_is_half_open(store);
     multi_get_visits_in_order(store);
     scans_respect_bounds_and_direction(store);
+    merges_take_the_union_and_malformed_ones_are_errors(store);
+}
+
+/// [`Space::Fields`] merges posting lists: operands of one batch and of later batches add up,
+/// repeating one changes nothing, an entry from before posting lists (empty value) counts as
+/// its leaf, and a malformed list is an error when read (RocksDB merges lazily) or written
+/// (the memory store merges at once) — never a silently different list.
+fn merges_take_the_union_and_malformed_ones_are_errors(store: &dyn Store) {
+    use crate::layout::{decode_postings, encode_postings, field_index_key};
+    let key = field_index_key(u32::MAX, 9, &[7; 8], 4096);
+    let leaves = |store: &dyn Store| {
+        let v = store
+            .get(Space::Fields, &key)
+            .expect("read merged")
+            .expect("present");
+        let mut out = Vec::new();
+        decode_postings(4096, &v, &mut out).expect("well-formed");
+        out
+    };
+    let mut b = WriteBatch::new();
+    b.put(Space::Fields, key.to_vec(), Vec::new());
+    b.merge(
+        Space::Fields,
+        key.to_vec(),
+        encode_postings(4096, &[4100, 4200]),
+    );
+    b.merge(Space::Fields, key.to_vec(), encode_postings(4096, &[4097]));
+    store.write(b, true).expect("write merges");
+    assert_eq!(leaves(store), [4096, 4097, 4100, 4200]);
+    let mut b = WriteBatch::new();
+    b.merge(
+        Space::Fields,
+        key.to_vec(),
+        encode_postings(4096, &[4100, 5000]),
+    );
+    store.write(b, false).expect("write merge");
+    assert_eq!(leaves(store), [4096, 4097, 4100, 4200, 5000], "union");
+    let mut seen = Vec::new();
+    store
+        .scan(
+            Space::Fields,
+            &key,
+            None,
+            Direction::Forward,
+            &mut |k, v| {
+                seen.push((k.to_vec(), v.to_vec()));
+                false
+            },
+        )
+        .expect("scan");
+    let mut out = Vec::new();
+    decode_postings(4096, &seen[0].1, &mut out).expect("scan sees the merged list");
+    assert_eq!((seen[0].0.as_slice(), out.len()), (&key[..], 5));
+
+    let other = field_index_key(u32::MAX, 9, &[8; 8], 0);
+    let mut b = WriteBatch::new();
+    b.merge(Space::Fields, other.to_vec(), vec![0x80]);
+    let written = store.write(b, true);
+    let read = store.get(Space::Fields, &other);
+    assert!(
+        written.is_err() || read.is_err(),
+        "a malformed posting list is refused or fails to read: {written:?} {read:?}"
+    );
+    if written.is_ok() {
+        // Leave the store readable for the properties that scan everything.
+        let mut b = WriteBatch::new();
+        b.delete(Space::Fields, other.to_vec());
+        store.write(b, true).expect("delete");
+    }
+    let mut b = WriteBatch::new();
+    b.delete(Space::Fields, key.to_vec());
+    store.write(b, true).expect("delete");
 }
 
 fn put_get_and_missing(store: &dyn Store) {

@@ -30,10 +30,44 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn write(&self, batch: WriteBatch, _durable: bool) -> Result<(), StoreError> {
         let mut spaces = self.spaces.write().unwrap_or_else(|p| p.into_inner());
+        // Merges are checked before anything is applied, so that a malformed one leaves the
+        // store as it was (RocksDB applies a batch atomically too).
+        for op in &batch.ops {
+            if let WriteOp::Merge { space, key, value } = op {
+                let stored = spaces.get(space).and_then(|m| m.get(key));
+                let fits = super::merge_operator(*space)
+                    .and_then(|merge| merge(key, stored.map(Vec::as_slice), &[value]));
+                if fits.is_none() {
+                    return Err(StoreError::Corruption(format!(
+                        "merging into {} key {}: no merge operator or a malformed value",
+                        space.name(),
+                        hex::encode(key)
+                    )));
+                }
+            }
+        }
         for op in batch.ops {
             match op {
                 WriteOp::Put { space, key, value } => {
                     spaces.entry(space).or_default().insert(key, value);
+                }
+                WriteOp::Merge { space, key, value } => {
+                    let merge = super::merge_operator(space).ok_or_else(|| {
+                        StoreError::Unusable(format!(
+                            "space {} has no merge operator",
+                            space.name()
+                        ))
+                    })?;
+                    let map = spaces.entry(space).or_default();
+                    let merged = merge(&key, map.get(&key).map(Vec::as_slice), &[&value])
+                        .ok_or_else(|| {
+                            StoreError::Corruption(format!(
+                                "merging into {} key {}: malformed value",
+                                space.name(),
+                                hex::encode(&key)
+                            ))
+                        })?;
+                    map.insert(key, merged);
                 }
                 WriteOp::Delete { space, key } => {
                     if let Some(map) = spaces.get_mut(&space) {

@@ -52,6 +52,26 @@ pub enum WriteOp {
         start: Vec<u8>,
         end: Vec<u8>,
     },
+    /// Combines `value` with the stored value by the space's [`merge_operator`].
+    Merge {
+        space: Space,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+}
+
+/// A space's merge operator: the stored value (if any) and the operands, oldest first, to the
+/// new value; `None` when one of them is malformed (the read reports corruption).
+pub type MergeOperator = fn(&[u8], Option<&[u8]>, &[&[u8]]) -> Option<Vec<u8>>;
+
+/// The merge operator of `space`, for the spaces that take [`WriteOp::Merge`].
+pub fn merge_operator(space: Space) -> Option<MergeOperator> {
+    match space {
+        Space::Fields => Some(|key, existing, operands| {
+            crate::layout::merge_postings(key, existing, operands.iter().copied())
+        }),
+        _ => None,
+    }
 }
 
 /// Operations applied atomically, in order.
@@ -77,6 +97,21 @@ impl WriteBatch {
         let (key, value) = (key.into(), value.into());
         self.bytes += key.len() + value.len();
         self.ops.push(WriteOp::Put { space, key, value });
+    }
+
+    /// Merges `value` into `key` with the space's [`merge_operator`].
+    ///
+    /// # Panics
+    /// If `space` has no merge operator (a programming error, caught by every test).
+    pub fn merge(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        assert!(
+            merge_operator(space).is_some(),
+            "space {} has no merge operator",
+            space.name()
+        );
+        let (key, value) = (key.into(), value.into());
+        self.bytes += key.len() + value.len();
+        self.ops.push(WriteOp::Merge { space, key, value });
     }
 
     pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
