@@ -318,11 +318,45 @@ fn duplicates_and_gateway_gaps() {
             ))
             .await
             .unwrap();
+        // Another gateway resets its counter: 1..=40, then after the grace period 1..=40
+        // again (new event ids).
+        let reset_batch = || pb::AppendRequest {
+            events: (1..=40)
+                .map(|n| pb::AuditEvent {
+                    gateway_id: "gw-reset".into(),
+                    ..event("acme", "prod", n)
+                })
+                .collect(),
+            wait_for_checkpoint: false,
+        };
+        ingest.append(authed(reset_batch(), &gw)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ingest.append(authed(reset_batch(), &gw)).await.unwrap();
     });
     wait_until("the gap to be reported", || {
         let text = metrics_text(&metrics);
-        text.contains("kind=\"gap\"} 1") && text.contains("kind=\"regression\"} 1")
+        text.contains("kind=\"gap\"} 1")
+            && text.contains("kind=\"regression\"} 1")
+            && text.contains("kind=\"regression\"} 40")
     });
+    // Every regressed event is counted, but the reset is one record, not 40.
+    let names_reset = |events: &[pb::AuditEvent]| {
+        events.iter().any(|ev| {
+            ev.event_kind == pb::EventKind::Integrity as i32
+                && ev
+                    .decision_reason
+                    .contains("sent 40 sequence numbers from 1 to 40 after 40")
+        })
+    };
+    let events = rt().block_on(common::system_events(&server, &admin, names_reset));
+    let regressions = events
+        .iter()
+        .filter(|ev| {
+            ev.event_kind == pb::EventKind::Integrity as i32
+                && ev.decision_reason.contains("replay, reset or forgery")
+        })
+        .count();
+    assert_eq!(regressions, 2, "one record per request: {events:#?}");
     // The system log names the gap.
     let names_gap = |events: &[pb::AuditEvent]| {
         events.iter().any(|ev| {

@@ -165,8 +165,14 @@ async fn run_stream(
 ) -> anyhow::Result<()> {
     let mut client =
         pb::ingest_client::IngestClient::new(channel).max_decoding_message_size(64 << 20);
+    // One gateway per connection and run: every run numbers its events from 1, and a second
+    // run under the same gateway id would be (correctly) reported as a counter reset.
+    let run = std::process::id();
     let templates: Vec<pb::AuditEvent> = (0..args.batch as u64 * 16)
-        .map(|n| tool_call(conn as u32, n, &args.tenant, &args.env))
+        .map(|n| pb::AuditEvent {
+            gateway_id: format!("load-{run}-{conn}"),
+            ..tool_call(conn as u32, n, &args.tenant, &args.env)
+        })
         .collect();
     let (tx, rx) = mpsc::channel::<pb::AppendRequest>(args.inflight);
     let sent_at: Arc<std::sync::Mutex<VecDeque<Instant>>> = Arc::default();
