@@ -24,4 +24,7 @@ echo "== doc tests" >&2
 cargo test --workspace --doc --locked
 echo "== fuzz targets, 5 s each (scripts/fuzz.sh; own toolchain and target dir)" >&2
 scripts/fuzz.sh 5
+echo "== stale test executables in the fixed target dir (scripts/prune-target.py)" >&2
+cargo test --workspace --all-targets --locked --no-run --message-format=json 2>/dev/null \
+    | python3 scripts/prune-target.py >&2
 echo "all tests passed" >&2
