@@ -308,7 +308,9 @@ pub fn plan_fd_limit(needed: u64, soft: u64, hard: u64) -> Result<Option<u64>, S
         Ok(Some(needed))
     } else {
         Err(format!(
-            "the open-file limit is {soft} (hard limit {hard}) but the server needs {needed}              descriptors: ledger.max_open_files + server.max_connections + {FD_RESERVE} reserved;              raise `ulimit -n` (LimitNOFILE= under systemd) or lower those settings"
+            "the open-file limit is {soft} (hard limit {hard}) but the server needs {needed} \
+             descriptors: ledger.max_open_files + server.max_connections + {FD_RESERVE} reserved; \
+             raise `ulimit -n` (LimitNOFILE= under systemd) or lower those settings"
         ))
     }
 }
@@ -417,5 +419,6 @@ mod tests {
         assert!(err.contains("limit is 1024 (hard limit 1024)"), "{err}");
         assert!(err.contains("needs 1664"), "{err}");
         assert!(err.contains("ulimit -n"), "{err}");
+        assert!(!err.contains("  "), "one line, single spaces: {err}");
     }
 }

@@ -698,7 +698,7 @@ fn fields_from(
 fn check_field_entries(store: &dyn Store, keys: &[[u8; layout::FIELD_KEY_LEN]]) -> Check {
     let mut grouped = keys.to_vec();
     let lists = layout::field_postings(&mut grouped);
-    let refs: Vec<&[u8]> = lists.iter().map(|(k, _)| &k[..]).collect();
+    let refs: Vec<&[u8]> = lists.iter().map(|(k, _, _)| &k[..]).collect();
     let mut problem = None;
     // Expected entries not in their bucket's list, to look up as entries of their own.
     let mut own: Vec<[u8; layout::FIELD_KEY_LEN]> = Vec::new();
@@ -706,13 +706,10 @@ fn check_field_entries(store: &dyn Store, keys: &[[u8; layout::FIELD_KEY_LEN]]) 
         if problem.is_some() {
             return;
         }
-        let (key, wanted) = &lists[i];
-        let (_, _, _, base) = layout::parse_field_index_key(key).unwrap_or_default();
-        let mut expected = Vec::new();
+        let (key, base, expected) = &lists[i];
         let mut stored = Vec::new();
-        layout::decode_postings(base, wanted, &mut expected);
         if let Some(v) = value
-            && layout::decode_postings(base, v, &mut stored).is_none()
+            && layout::decode_postings(*base, v, &mut stored).is_none()
         {
             problem = Some(format!(
                 "search index posting list {} is malformed",
@@ -720,7 +717,7 @@ fn check_field_entries(store: &dyn Store, keys: &[[u8; layout::FIELD_KEY_LEN]]) 
             ));
             return;
         }
-        for leaf in expected {
+        for &leaf in expected {
             if stored.binary_search(&leaf).is_err() {
                 let mut k = *key;
                 k[13..].copy_from_slice(&leaf.to_be_bytes());
@@ -728,8 +725,8 @@ fn check_field_entries(store: &dyn Store, keys: &[[u8; layout::FIELD_KEY_LEN]]) 
             }
         }
     })?;
-    if problem.is_some() {
-        return Ok(problem.map_or(Ok(()), Err));
+    if let Some(p) = problem {
+        return Ok(Err(p));
     }
     let refs: Vec<&[u8]> = own.iter().map(|k| &k[..]).collect();
     store.multi_get(Space::Fields, &refs, &mut |i, value| {

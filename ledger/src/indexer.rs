@@ -201,7 +201,11 @@ pub(crate) fn index_entries(
 /// Adds search-index entries (one [`layout::field_index_key`] per field and leaf) to `batch`
 /// as posting-list merges, one per (field, value, bucket).
 pub(crate) fn put_postings(batch: &mut WriteBatch, entries: &mut [[u8; layout::FIELD_KEY_LEN]]) {
-    for (key, leaves) in layout::field_postings(entries) {
-        batch.merge(Space::Fields, key.to_vec(), leaves);
+    for (key, base, leaves) in layout::field_postings(entries) {
+        batch.merge(
+            Space::Fields,
+            key.to_vec(),
+            layout::encode_postings(base, &leaves),
+        );
     }
 }

@@ -480,6 +480,10 @@ pub fn merge_postings<'a>(
     operands: impl IntoIterator<Item = &'a [u8]>,
 ) -> Option<Vec<u8>> {
     let (_, _, _, base) = parse_field_index_key(key)?;
+    if field_bucket(base) != base {
+        // Only bucket keys receive merges (a pre-posting-list entry's own key never does).
+        return None;
+    }
     let mut leaves = Vec::new();
     if let Some(v) = existing {
         decode_postings(base, v, &mut leaves)?;
@@ -489,25 +493,22 @@ pub fn merge_postings<'a>(
     }
     leaves.sort_unstable();
     leaves.dedup();
-    if leaves.iter().any(|&l| field_bucket(l) != base) {
-        // A pre-posting-list entry under an unaligned base never receives merges.
-        return None;
-    }
     Some(encode_postings(base, &leaves))
 }
 
 /// Groups search-index entries (one [`field_index_key`] per field and leaf, with the leaf as
-/// `base`) into posting lists: sorts them and returns each bucket's key with its encoded
-/// leaves, ready to be merged into [`Space::Fields`].
-pub fn field_postings(entries: &mut [[u8; FIELD_KEY_LEN]]) -> Vec<([u8; FIELD_KEY_LEN], Vec<u8>)> {
+/// `base`) into posting lists: sorts them and returns each bucket's key, base and ascending
+/// leaves (encode with [`encode_postings`] to merge them into [`Space::Fields`]).
+pub fn field_postings(
+    entries: &mut [[u8; FIELD_KEY_LEN]],
+) -> Vec<([u8; FIELD_KEY_LEN], u64, Vec<u64>)> {
     entries.sort_unstable();
     let mut out = Vec::new();
-    let mut leaves = Vec::new();
     let mut i = 0;
     while i < entries.len() {
         let head = entries[i];
         let base = field_bucket(decode_u64(&head[13..]).unwrap_or_default());
-        leaves.clear();
+        let mut leaves = Vec::new();
         while i < entries.len() && entries[i][..13] == head[..13] {
             let leaf = decode_u64(&entries[i][13..]).unwrap_or_default();
             if field_bucket(leaf) != base {
@@ -520,7 +521,7 @@ pub fn field_postings(entries: &mut [[u8; FIELD_KEY_LEN]]) -> Vec<([u8; FIELD_KE
         }
         let mut key = head;
         key[13..].copy_from_slice(&base.to_be_bytes());
-        out.push((key, encode_postings(base, &leaves)));
+        out.push((key, base, leaves));
     }
     out
 }
@@ -770,10 +771,9 @@ mod tests {
         ];
         let lists: Vec<_> = field_postings(&mut entries)
             .into_iter()
-            .map(|(k, v)| {
-                let (_, tag, hash, base) = parse_field_index_key(&k).unwrap();
-                let mut leaves = Vec::new();
-                decode_postings(base, &v, &mut leaves).unwrap();
+            .map(|(k, base, leaves)| {
+                let (_, tag, hash, key_base) = parse_field_index_key(&k).unwrap();
+                assert_eq!(key_base, base);
                 (tag, hash, base, leaves)
             })
             .collect();

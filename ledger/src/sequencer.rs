@@ -95,7 +95,6 @@ struct PendingLeaf {
 
 /// A new leaf of the group being built, between sequencing and hashing.
 struct NewLeaf {
-    log: LogKey,
     leaf_index: u64,
     leaf: Vec<u8>,
     /// (submission, event) position in the group.
@@ -554,7 +553,6 @@ impl Sequencer {
                 log.state.last_logged_at = logged_at;
                 in_group.insert(dedup_key, new_leaves.len());
                 new_leaves.push(NewLeaf {
-                    log: event.log.clone(),
                     leaf_index,
                     leaf: crate::event::encode_leaf(
                         &event.event_bytes,
@@ -585,7 +583,7 @@ impl Sequencer {
         for (new, &hash) in new_leaves.into_iter().zip(&hashes) {
             let (s_index, e_index) = new.at;
             let event = &events[s_index][e_index];
-            let log = self.logs.get_mut(&new.log).expect("sequenced above");
+            let log = self.logs.get_mut(&event.log).expect("sequenced above");
             let log_id = log.info.log_id;
             let leaf_index = new.leaf_index;
             receipts[s_index][new.receipt].leaf_hash = hash;
