@@ -83,6 +83,9 @@ pub struct LedgerSection {
     /// Run RocksDB compactions at the lowest CPU and I/O priority, so that they use idle
     /// cycles instead of competing with acknowledgements.
     pub low_priority_compaction: bool,
+    /// RocksDB flushes and compactions bypass the page cache (O_DIRECT) where the filesystem
+    /// supports it, so their bursts do not queue ahead of the synced WAL writes.
+    pub direct_io: bool,
     /// Event bytes accepted but not yet durable before appends wait (backpressure).
     pub max_inflight_bytes: usize,
 }
@@ -99,6 +102,7 @@ impl Default for LedgerSection {
             write_buffer_bytes: 64 << 20,
             max_open_files: 512,
             low_priority_compaction: true,
+            direct_io: true,
             max_inflight_bytes: 256 << 20,
         }
     }
@@ -395,6 +399,10 @@ max_open_files = 512
 # Run RocksDB compactions at the lowest CPU and I/O priority (they use idle cycles instead of
 # competing with acknowledgements; flushes keep normal priority).
 low_priority_compaction = true
+# RocksDB flushes and compactions bypass the page cache (O_DIRECT) where the filesystem supports
+# it (probed at start; otherwise buffered, with a warning), so their bursts do not queue ahead of
+# the synced WAL writes that acknowledgements wait for.
+direct_io = true
 # Event bytes accepted but not yet durable before appends wait (backpressure).
 max_inflight_bytes = 268435456
 

@@ -16,6 +16,7 @@ pub fn rocks_options(config: &Config) -> RocksOptions {
         write_buffer_bytes: config.ledger.write_buffer_bytes,
         max_open_files: config.ledger.max_open_files,
         low_priority_compaction: config.ledger.low_priority_compaction,
+        direct_io: config.ledger.direct_io,
         ..Default::default()
     }
 }
