@@ -198,7 +198,8 @@ pub struct ServerSection {
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub stream_idle_timeout: Duration,
     /// Identical denials (same principal, peer address, method, target and reason) within
-    /// this window are recorded once, plus one system-log record counting the repeats.
+    /// this window are recorded once, plus one system-log record counting the repeats; so are
+    /// one gateway's repeated sequence gaps or regressions (counted in events).
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub denial_window: Duration,
 }
@@ -455,7 +456,8 @@ request_timeout = "1m"
 stream_idle_timeout = "5m"
 # Repeated identical denials (same principal, peer, method, target, reason) in this window are
 # recorded once, then summed in one system-log record: a flood of bad tokens cannot turn the
-# system log into an amplifier.
+# system log into an amplifier. The same holds for one gateway's repeated sequence gaps or
+# regressions (summed in events).
 denial_window = "1s"
 
 [auth]

@@ -183,48 +183,53 @@ pub struct DenialKey {
     pub reason: String,
 }
 
-/// Repeats of one denial that were not recorded individually.
+/// Repeats of one key that were not recorded individually.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Repeats {
-    pub key: DenialKey,
+pub struct Repeats<K = DenialKey> {
+    pub key: K,
+    /// Occurrences (denials, or anomalous events for sequence anomalies) after the first.
     pub count: u64,
     /// Length of the window they fell in.
     pub window: Duration,
 }
 
 /// What to do with the pending summaries.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Flushed {
-    pub repeats: Vec<Repeats>,
-    /// Denials not tracked because the window already tracked `max_keys` distinct ones.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Flushed<K = DenialKey> {
+    pub repeats: Vec<Repeats<K>>,
+    /// Occurrences not tracked because the window already tracked `max_keys` distinct keys.
     pub untracked: u64,
 }
 
-struct Window {
+impl<K> Default for Flushed<K> {
+    fn default() -> Self {
+        Flushed {
+            repeats: Vec::new(),
+            untracked: 0,
+        }
+    }
+}
+
+struct Window<K> {
     started: Instant,
     /// Repeats counted per key after its first occurrence in the window.
-    seen: HashMap<DenialKey, u64>,
+    seen: HashMap<K, u64>,
     untracked: u64,
 }
 
-/// Aggregates identical denials per window: the first of a window is recorded as usual; the
-/// rest are counted, and the counts are recorded as one summary per key when the window ends.
-/// Memory is bounded by `max_keys` distinct keys per window; denials beyond that are only
-/// counted in total.
-pub struct DenialLimiter {
+/// Aggregates identical occurrences per window: the first of a window is recorded as usual;
+/// the rest are counted, and the counts are recorded as one summary per key when the window
+/// ends. Memory is bounded by `max_keys` distinct keys per window; occurrences beyond that are
+/// only counted in total.
+struct WindowLimiter<K> {
     window: Duration,
     max_keys: usize,
-    state: Mutex<Window>,
-    counters: Arc<HardeningCounters>,
+    state: Mutex<Window<K>>,
 }
 
-impl DenialLimiter {
-    pub fn new(
-        window: Duration,
-        max_keys: usize,
-        counters: Arc<HardeningCounters>,
-    ) -> DenialLimiter {
-        DenialLimiter {
+impl<K: std::hash::Hash + Eq> WindowLimiter<K> {
+    fn new(window: Duration, max_keys: usize) -> Self {
+        WindowLimiter {
             window,
             max_keys,
             state: Mutex::new(Window {
@@ -232,42 +237,33 @@ impl DenialLimiter {
                 seen: HashMap::new(),
                 untracked: 0,
             }),
-            counters,
         }
     }
 
-    /// Whether this denial is to be recorded on its own (`true`) or was counted (`false`).
-    /// Also returns the previous window's summaries once it has ended.
-    pub fn admit(&self, key: DenialKey, now: Instant) -> (bool, Flushed) {
+    /// Whether this occurrence is to be recorded on its own (`true`) or was counted, with
+    /// `weight` (`false`). Also returns the previous window's summaries once it has ended.
+    fn admit(&self, key: K, weight: u64, now: Instant) -> (bool, Flushed<K>) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let flushed = self.take_if_ended(&mut state, now);
         let record = if let Some(n) = state.seen.get_mut(&key) {
-            *n += 1;
+            *n += weight;
             false
         } else if state.seen.len() < self.max_keys {
             state.seen.insert(key, 0);
             true
         } else {
-            state.untracked += 1;
+            state.untracked += weight;
             false
         };
-        let counter = if record {
-            &self.counters.denials_recorded
-        } else {
-            &self.counters.denials_aggregated
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
         (record, flushed)
     }
 
-    /// The summaries of a window that has ended (called every second by the server, so that
-    /// the last window of a flood is recorded without waiting for the next denial).
-    pub fn flush(&self, now: Instant) -> Flushed {
+    fn flush(&self, now: Instant) -> Flushed<K> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.take_if_ended(&mut state, now)
     }
 
-    fn take_if_ended(&self, state: &mut Window, now: Instant) -> Flushed {
+    fn take_if_ended(&self, state: &mut Window<K>, now: Instant) -> Flushed<K> {
         if now.saturating_duration_since(state.started) < self.window {
             return Flushed::default();
         }
@@ -281,6 +277,69 @@ impl DenialLimiter {
             .map(|(key, count)| Repeats { key, count, window })
             .collect();
         Flushed { repeats, untracked }
+    }
+}
+
+/// What identifies "the same" gateway sequence anomaly: the gateway and `gap`/`regression`.
+pub type AnomalyKey = (crate::seqtrack::GatewayKey, &'static str);
+
+/// Folds repeated identical denials, and repeated sequence anomalies of one gateway, into
+/// per-window counts (`server.denial_window`): the first of a window is recorded in the system
+/// log as usual, the rest as one summary per key when the window ends. A flood of bad tokens,
+/// or a gateway replaying old sequence numbers one event per request, then costs the system
+/// log a few records per second instead of one per request.
+pub struct DenialLimiter {
+    denials: WindowLimiter<DenialKey>,
+    anomalies: WindowLimiter<AnomalyKey>,
+    counters: Arc<HardeningCounters>,
+}
+
+impl DenialLimiter {
+    pub fn new(
+        window: Duration,
+        max_keys: usize,
+        counters: Arc<HardeningCounters>,
+    ) -> DenialLimiter {
+        DenialLimiter {
+            denials: WindowLimiter::new(window, max_keys),
+            anomalies: WindowLimiter::new(window, max_keys),
+            counters,
+        }
+    }
+
+    /// Whether this denial is to be recorded on its own (`true`) or was counted (`false`).
+    /// Also returns the previous window's summaries once it has ended.
+    pub fn admit(&self, key: DenialKey, now: Instant) -> (bool, Flushed) {
+        let (record, flushed) = self.denials.admit(key, 1, now);
+        let counter = if record {
+            &self.counters.denials_recorded
+        } else {
+            &self.counters.denials_aggregated
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        (record, flushed)
+    }
+
+    /// The same for a gateway's sequence anomaly covering `events` events (a summary counts
+    /// events, not requests).
+    pub fn admit_anomaly(
+        &self,
+        key: AnomalyKey,
+        events: u64,
+        now: Instant,
+    ) -> (bool, Flushed<AnomalyKey>) {
+        self.anomalies.admit(key, events, now)
+    }
+
+    /// The summaries of a window that has ended (called every second by the server, so that
+    /// the last window of a flood is recorded without waiting for the next denial).
+    pub fn flush(&self, now: Instant) -> Flushed {
+        self.denials.flush(now)
+    }
+
+    /// The same for sequence anomalies.
+    pub fn flush_anomalies(&self, now: Instant) -> Flushed<AnomalyKey> {
+        self.anomalies.flush(now)
     }
 }
 
@@ -395,6 +454,45 @@ mod tests {
         );
         assert!(record);
         assert_eq!(flushed, Flushed::default());
+    }
+
+    /// Sequence anomalies are folded per gateway and kind, counting events, in their own
+    /// window: they neither count as denials nor share the denials' key budget.
+    #[test]
+    fn anomalies_are_weighted_by_events_and_kept_apart_from_denials() {
+        let counters = Arc::new(HardeningCounters::default());
+        let limiter = DenialLimiter::new(Duration::from_secs(1), 2, counters.clone());
+        let gw = |id: &str| crate::seqtrack::GatewayKey {
+            tenant_id: "acme".into(),
+            environment: "prod".into(),
+            gateway_id: id.into(),
+        };
+        let t0 = Instant::now();
+        assert!(limiter.admit_anomaly((gw("a"), "regression"), 40, t0).0);
+        assert!(!limiter.admit_anomaly((gw("a"), "regression"), 3, t0).0);
+        assert!(!limiter.admit_anomaly((gw("a"), "regression"), 1, t0).0);
+        assert!(limiter.admit_anomaly((gw("a"), "gap"), 7, t0).0);
+        // Two keys tracked: a third gateway is only counted.
+        assert!(!limiter.admit_anomaly((gw("b"), "gap"), 5, t0).0);
+        // Denials have their own keys and counters.
+        assert!(limiter.admit(key("anonymous", "x"), t0).0);
+        assert_eq!(counters.denials_recorded.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.denials_aggregated.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            limiter.flush_anomalies(t0 + Duration::from_millis(999)),
+            Flushed::default()
+        );
+        let flushed = limiter.flush_anomalies(t0 + Duration::from_secs(1));
+        assert_eq!(flushed.untracked, 5);
+        assert_eq!(flushed.repeats.len(), 1, "{flushed:?}");
+        assert_eq!(flushed.repeats[0].key, (gw("a"), "regression"));
+        assert_eq!(flushed.repeats[0].count, 4);
+        assert!(
+            limiter
+                .flush(t0 + Duration::from_secs(1))
+                .repeats
+                .is_empty()
+        );
     }
 
     #[test]

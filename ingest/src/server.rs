@@ -137,6 +137,70 @@ impl AppState {
     pub(crate) fn flush_denials(&self) {
         let flushed = self.denials.flush(Instant::now());
         self.record_repeats(flushed);
+        let anomalies = self.denials.flush_anomalies(Instant::now());
+        self.record_anomaly_repeats(anomalies);
+    }
+
+    /// Records the summaries of gateway sequence anomalies folded in a window that has ended.
+    fn record_anomaly_repeats(
+        &self,
+        flushed: crate::hardening::Flushed<crate::hardening::AnomalyKey>,
+    ) {
+        for r in flushed.repeats {
+            let (gw, kind) = r.key;
+            let window = humantime::format_duration(Duration::from_millis(
+                r.window.as_millis().try_into().unwrap_or(u64::MAX),
+            ));
+            let reason = if kind == "gap" {
+                format!(
+                    "gateway {:?}: {} more sequence numbers never arrived within {window}: events may have been lost before the ledger",
+                    gw.gateway_id, r.count
+                )
+            } else {
+                format!(
+                    "gateway {:?} sent {} more regressed sequence numbers within {window}: replay, reset or forgery",
+                    gw.gateway_id, r.count
+                )
+            };
+            tracing::warn!(tenant = %gw.tenant_id, gateway = %gw.gateway_id, kind, repeated = r.count, "repeated gateway sequence anomalies");
+            let attributes = BTreeMap::from([
+                ("gateway_id".to_owned(), gw.gateway_id.clone()),
+                ("anomaly".to_owned(), kind.to_owned()),
+                ("repeated".to_owned(), r.count.to_string()),
+                ("window_ms".to_owned(), r.window.as_millis().to_string()),
+            ]);
+            self.syslog.record_later(&SystemRecord {
+                kind: EventKind::Integrity,
+                environment: gw.environment.clone(),
+                principal: "auditledger".into(),
+                method: "Ingest.Append".into(),
+                decision: Decision::Unspecified,
+                reason,
+                target: format!("{}/{}", gw.tenant_id, gw.environment),
+                justification: String::new(),
+                attributes,
+            });
+        }
+        if flushed.untracked > 0 {
+            tracing::warn!(
+                events = flushed.untracked,
+                "sequence anomalies from too many distinct gateways to track"
+            );
+            self.syslog.record_later(&SystemRecord {
+                kind: EventKind::Integrity,
+                environment: String::new(),
+                principal: "auditledger".into(),
+                method: "Ingest.Append".into(),
+                decision: Decision::Unspecified,
+                reason: format!(
+                    "{} more anomalous sequence numbers from more gateways than one window tracks",
+                    flushed.untracked
+                ),
+                target: String::new(),
+                justification: String::new(),
+                attributes: BTreeMap::new(),
+            });
+        }
     }
 
     fn record_repeats(&self, flushed: crate::hardening::Flushed) {
@@ -409,7 +473,8 @@ impl AppState {
     pub(crate) fn seq_anomalies(&self, anomalies: Vec<SeqAnomaly>) {
         // (gateway, highest before) → (count, lowest, highest regressed number), first-seen order.
         let mut regressions: Vec<(GatewayKey, u64, u64, u64, u64)> = Vec::new();
-        let mut reports: Vec<(GatewayKey, &'static str, String)> = Vec::new();
+        // (gateway, kind, reason, events it covers).
+        let mut reports: Vec<(GatewayKey, &'static str, String, u64)> = Vec::new();
         for a in anomalies {
             match a {
                 SeqAnomaly::Gap {
@@ -423,7 +488,8 @@ impl AppState {
                     );
                     self.metrics
                         .seq_anomaly(&gateway.tenant_id, &gateway.gateway_id, "gap");
-                    reports.push((gateway, "gap", reason));
+                    let missing = last.saturating_sub(first).saturating_add(1);
+                    reports.push((gateway, "gap", reason, missing));
                 }
                 SeqAnomaly::Regression {
                     gateway,
@@ -458,9 +524,17 @@ impl AppState {
                     gateway.gateway_id
                 )
             };
-            reports.push((gateway, "regression", reason));
+            reports.push((gateway, "regression", reason, count));
         }
-        for (gw, kind, reason) in reports {
+        for (gw, kind, reason, events) in reports {
+            // Repeats within `server.denial_window` become one summary per gateway and kind.
+            let (record, flushed) =
+                self.denials
+                    .admit_anomaly((gw.clone(), kind), events, Instant::now());
+            self.record_anomaly_repeats(flushed);
+            if !record {
+                continue;
+            }
             tracing::warn!(tenant = %gw.tenant_id, gateway = %gw.gateway_id, kind, %reason, "gateway sequence anomaly");
             let mut attributes = BTreeMap::new();
             attributes.insert("gateway_id".into(), gw.gateway_id.clone());

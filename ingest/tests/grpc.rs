@@ -332,6 +332,21 @@ fn duplicates_and_gateway_gaps() {
         ingest.append(authed(reset_batch(), &gw)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         ingest.append(authed(reset_batch(), &gw)).await.unwrap();
+        // A third replays an old number one event per request, twenty times.
+        let flood = |numbers: std::ops::RangeInclusive<u64>| pb::AppendRequest {
+            events: numbers
+                .map(|n| pb::AuditEvent {
+                    gateway_id: "gw-flood".into(),
+                    ..event("acme", "prod", n)
+                })
+                .collect(),
+            wait_for_checkpoint: false,
+        };
+        ingest.append(authed(flood(1..=5), &gw)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..20 {
+            ingest.append(authed(flood(2..=2), &gw)).await.unwrap();
+        }
     });
     wait_until("the gap to be reported", || {
         let text = metrics_text(&metrics);
@@ -354,9 +369,47 @@ fn duplicates_and_gateway_gaps() {
         .filter(|ev| {
             ev.event_kind == pb::EventKind::Integrity as i32
                 && ev.decision_reason.contains("replay, reset or forgery")
+                && !ev.decision_reason.contains("gw-flood")
         })
         .count();
     assert_eq!(regressions, 2, "one record per request: {events:#?}");
+    // The flood: each event counted in the metric; in the system log, the first regression of
+    // each `server.denial_window` (1 s) on its own and the rest as summaries with their count,
+    // together covering all twenty, instead of twenty records.
+    wait_until("the flood to be counted", || {
+        metrics_text(&metrics).contains("gateway=\"gw-flood\",kind=\"regression\"} 20")
+    });
+    let flood_records = |events: &[pb::AuditEvent]| -> (u64, u64) {
+        let mut single = 0;
+        let mut summarized = 0;
+        for ev in events.iter().filter(|ev| {
+            ev.event_kind == pb::EventKind::Integrity as i32
+                && ev.decision_reason.contains("gw-flood")
+        }) {
+            match ev.attributes.get("repeated") {
+                Some(n) => summarized += n.parse::<u64>().unwrap(),
+                None => {
+                    assert!(
+                        ev.decision_reason
+                            .contains("sent sequence number 2 after 5"),
+                        "{ev:#?}"
+                    );
+                    single += 1
+                }
+            }
+        }
+        (single, summarized)
+    };
+    let events = rt().block_on(common::system_events(&server, &admin, |events| {
+        let (single, summarized) = flood_records(events);
+        single + summarized == 20
+    }));
+    let (single, summarized) = flood_records(&events);
+    assert_eq!(single + summarized, 20, "{events:#?}");
+    assert!(
+        (1..=3).contains(&single),
+        "{single} regression records one by one for twenty requests: {events:#?}"
+    );
     // The system log names the gap.
     let names_gap = |events: &[pb::AuditEvent]| {
         events.iter().any(|ev| {
