@@ -34,6 +34,7 @@ use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use auditledger_proto::v1::AuditEvent;
 use prost::Message as _;
@@ -181,6 +182,36 @@ pub(crate) struct Opened {
     pub replay: u64,
 }
 
+/// How long [`lock_dir`] waits for a lock that is held, in steps of [`LOCK_RETRY`].
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+const LOCK_RETRY: Duration = Duration::from_millis(10);
+
+/// Takes the directory's exclusive `flock`, waiting up to [`LOCK_WAIT`] if it is held.
+/// The wait is for a lock whose holder is already gone: a `flock` belongs to the open file
+/// description, so a child forked by any thread of this process (e.g. a gateway starting a
+/// tool subprocess) keeps the previous client's lock until it `exec`s, even after that client
+/// closed its descriptor. A client reopened in that window would otherwise be refused.
+/// Another live client keeps the lock and still gets `Locked`.
+fn lock_dir(lock: &File, dir: &Path, lock_path: &Path) -> Result<(), SpoolError> {
+    let give_up = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is passed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(SpoolError::io(lock_path, "locking", err));
+        }
+        if std::time::Instant::now() >= give_up {
+            return Err(SpoolError::Locked {
+                path: dir.to_owned(),
+            });
+        }
+        std::thread::sleep(LOCK_RETRY);
+    }
+}
+
 /// Opens (creating if needed) and recovers a spool directory.
 pub(crate) fn open(
     dir: &Path,
@@ -196,16 +227,7 @@ pub(crate) fn open(
         .write(true)
         .open(&lock_path)
         .map_err(|e| SpoolError::io(&lock_path, "opening", e))?;
-    // SAFETY: flock on a file descriptor we own; no memory is passed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(SpoolError::Locked {
-                path: dir.to_owned(),
-            });
-        }
-        return Err(SpoolError::io(&lock_path, "locking", err));
-    }
+    lock_dir(&lock, dir, &lock_path)?;
     let cursor_path = dir.join("cursor");
     let mut cursor = match fs::read_to_string(&cursor_path) {
         Ok(text) => match Cursor::parse(&text) {

@@ -296,3 +296,41 @@ fn a_spool_directory_is_used_by_one_process_at_a_time() {
         first.close(Duration::ZERO).await;
     });
 }
+
+/// A `flock` belongs to the open file description, so a child process forked while a client
+/// held the spool keeps the lock until it execs (or, here, exits), even after the client closed
+/// its descriptor. Reopening in that window waits for it instead of failing with `Locked`.
+#[test]
+fn a_lock_left_with_a_forked_child_is_waited_for() {
+    use std::os::fd::AsRawFd as _;
+    let spool = tempfile::tempdir().expect("tempdir");
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(spool.path().join("lock"))
+        .expect("open lock");
+    // SAFETY: flock and dup on a descriptor we own; no memory is passed.
+    let inherited = unsafe {
+        assert_eq!(libc::flock(lock.as_raw_fd(), libc::LOCK_EX), 0);
+        // A duplicate without close-on-exec, so the child keeps the description (and lock).
+        libc::dup(lock.as_raw_fd())
+    };
+    assert!(inherited >= 0);
+    let mut child = std::process::Command::new("sleep")
+        .arg("0.2")
+        .spawn()
+        .expect("spawn sleep");
+    // SAFETY: closing the duplicate we made; the child has its own copy.
+    unsafe { libc::close(inherited) };
+    drop(lock);
+    let rt = rt();
+    rt.block_on(async {
+        let client = Client::connect(&url, "token", spool_options(spool.path()))
+            .await
+            .expect("the lock held only by the exiting child is waited for");
+        client.close(Duration::ZERO).await;
+    });
+    child.wait().expect("sleep exits");
+}
