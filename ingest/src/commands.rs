@@ -105,11 +105,25 @@ pub fn keys_export(config: &Config, out: Option<&Path>) -> anyhow::Result<String
 pub fn fsck(config: &Config) -> anyhow::Result<(Vec<String>, bool)> {
     let ring = open::load_keyring(config)?;
     let store = open::open_store(config)?;
-    let report = fsck::check(store.as_ref(), &ring.all_verifiers())?;
+    let witnesses = config
+        .witnesses
+        .parsed()
+        .map_err(|e| anyhow::anyhow!("witnesses.keys: {e}"))?;
+    let report = fsck::check_with_witnesses(store.as_ref(), &ring.all_verifiers(), &witnesses)?;
     let mut lines = Vec::new();
     for log in &report.logs {
+        let mut cosignatures = String::new();
+        if log.cosignatures_checked > 0 {
+            cosignatures += &format!(", {} witness cosignatures", log.cosignatures_checked);
+        }
+        if log.cosignatures_unverified > 0 {
+            cosignatures += &format!(
+                " ({} more by witnesses not in [witnesses] keys, not verified)",
+                log.cosignatures_unverified
+            );
+        }
         lines.push(format!(
-            "{}: {} leaves, {} tiles, {} checkpoints checked: {}",
+            "{}: {} leaves, {} tiles, {} checkpoints{cosignatures} checked: {}",
             log.origin,
             log.leaves_checked,
             log.tiles_checked,

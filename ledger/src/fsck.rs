@@ -2,9 +2,10 @@
 //! hashes, every stored tile, both indexes, every checkpoint's signature, root and `prev` chain
 //! — reporting the first inconsistency of each log precisely.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::checkpoint::{self, Checkpoint};
+use crate::cosignature::{COSIGNATURE_V1_LEN, Cosignature, WitnessKey};
 use crate::event::{self, EventId};
 use crate::layout::{self, FORMAT_VERSION, LogId, LogRecord, LogState, Space, TileView};
 use crate::merkle::{self, Hash, leaf_hash};
@@ -27,6 +28,11 @@ pub struct LogReport {
     pub leaves_archived: u64,
     pub tiles_checked: u64,
     pub checkpoints_checked: u64,
+    /// Witness cosignatures verified against the witness keys given to fsck.
+    pub cosignatures_checked: u64,
+    /// Stored cosignatures by witnesses whose keys fsck was not given: well-formed and tied to
+    /// a stored checkpoint, but their signatures could not be checked.
+    pub cosignatures_unverified: u64,
     /// The first inconsistency, if any.
     pub problem: Option<String>,
 }
@@ -56,8 +62,19 @@ impl FsckReport {
     }
 }
 
-/// Checks everything in `store`. Checkpoint signatures must verify with one of `verifiers`.
+/// Checks everything in `store`. Checkpoint signatures must verify with one of `verifiers`;
+/// stored witness cosignatures are checked for form only (see [`check_with_witnesses`]).
 pub fn check(store: &dyn Store, verifiers: &[VerifierKey]) -> Result<FsckReport, StoreError> {
+    check_with_witnesses(store, verifiers, &[])
+}
+
+/// [`check`], and every stored witness cosignature by one of `witnesses` must verify over the
+/// checkpoint it is stored with (cosignatures by other witnesses are counted as unverified).
+pub fn check_with_witnesses(
+    store: &dyn Store,
+    verifiers: &[VerifierKey],
+    witnesses: &[WitnessKey],
+) -> Result<FsckReport, StoreError> {
     let mut report = FsckReport::default();
     match store.get(Space::Meta, layout::META_FORMAT_VERSION)? {
         Some(v) if layout::decode_u32(&v) == Some(FORMAT_VERSION) => {}
@@ -108,7 +125,7 @@ pub fn check(store: &dyn Store, verifiers: &[VerifierKey]) -> Result<FsckReport,
         }
         report
             .logs
-            .push(check_log(store, log_id, &record, verifiers)?);
+            .push(check_log(store, log_id, &record, verifiers, witnesses)?);
     }
     // Data under a log id nobody owns.
     for space in [
@@ -161,6 +178,7 @@ fn check_log(
     log_id: LogId,
     record: &LogRecord,
     verifiers: &[VerifierKey],
+    witnesses: &[WitnessKey],
 ) -> Result<LogReport, StoreError> {
     let mut report = LogReport {
         origin: record.origin.clone(),
@@ -274,12 +292,83 @@ fn check_log(
         report.problem = Some(problem);
         return Ok(report);
     }
-    if let Err(problem) =
-        check_checkpoints(store, log_id, record, &state, edge, verifiers, &mut report)?
-    {
+    let texts =
+        match check_checkpoints(store, log_id, record, &state, edge, verifiers, &mut report)? {
+            Ok(texts) => texts,
+            Err(problem) => {
+                report.problem = Some(problem);
+                return Ok(report);
+            }
+        };
+    if let Err(problem) = check_cosignatures(store, log_id, &texts, witnesses, &mut report)? {
         report.problem = Some(problem);
     }
     Ok(report)
+}
+
+/// Every stored witness cosignature of the log: a well-formed record, for a checkpoint that is
+/// stored, and, when its witness is among `witnesses`, a valid signature over that
+/// checkpoint's note text (`texts`, by tree size).
+fn check_cosignatures(
+    store: &dyn Store,
+    log_id: LogId,
+    texts: &HashMap<u64, String>,
+    witnesses: &[WitnessKey],
+    report: &mut LogReport,
+) -> Check {
+    let start = layout::meta_cosignature_prefix(log_id, 0);
+    let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    store.scan(
+        Space::Meta,
+        &start,
+        None,
+        Direction::Forward,
+        &mut |k, v| {
+            if !k.starts_with(&start[..5]) {
+                return false;
+            }
+            records.push((k.to_vec(), v.to_vec()));
+            true
+        },
+    )?;
+    for (key, value) in records {
+        let Some((_, size, key_id, name)) = layout::parse_meta_cosignature_key(&key) else {
+            return Ok(Err(format!(
+                "malformed cosignature key {}",
+                hex::encode(&key)
+            )));
+        };
+        let who = format!("cosignature by {name}+{key_id:08x} for the checkpoint at size {size}");
+        let Ok(value) = <&[u8; COSIGNATURE_V1_LEN]>::try_from(&value[..]) else {
+            return Ok(Err(format!(
+                "{who}: record has {} bytes, want {COSIGNATURE_V1_LEN}",
+                value.len()
+            )));
+        };
+        let Some(text) = texts.get(&size) else {
+            return Ok(Err(format!("{who}: no checkpoint is stored at that size")));
+        };
+        let Some(witness) = witnesses
+            .iter()
+            .find(|w| w.name() == name && w.key_id() == key_id)
+        else {
+            report.cosignatures_unverified += 1;
+            continue;
+        };
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&value[8..]);
+        let cosignature = Cosignature {
+            name,
+            key_id,
+            timestamp: u64::from_be_bytes(value[..8].try_into().expect("8 bytes")),
+            signature,
+        };
+        if let Err(e) = witness.verify(text, &cosignature.to_note_signature()) {
+            return Ok(Err(format!("{who}: {e}")));
+        }
+        report.cosignatures_checked += 1;
+    }
+    Ok(Ok(()))
 }
 
 type Check = Result<Result<(), String>, StoreError>;
@@ -882,7 +971,7 @@ fn check_checkpoints(
     edge: Arc<EdgeSnapshot>,
     verifiers: &[VerifierKey],
     report: &mut LogReport,
-) -> Check {
+) -> Result<Result<HashMap<u64, String>, String>, StoreError> {
     let mut notes: Vec<(u64, Vec<u8>)> = Vec::new();
     let (start, end) = layout::log_range(log_id);
     store.scan(
@@ -898,12 +987,17 @@ fn check_checkpoints(
     let reader = LogHashReader::new(store, log_id, edge);
     let mut previous: Option<Checkpoint> = None;
     let mut seen_sizes = BTreeSet::new();
+    let mut texts = HashMap::new();
     for (size, note) in notes {
         let name = format!("checkpoint at size {size}");
         let opened = match checkpoint::open(&note, verifiers) {
             Ok(o) => o,
             Err(e) => return Ok(Err(format!("{name}: {e}"))),
         };
+        // Opened above, so it parses; witnesses cosign its text.
+        if let Ok(parsed) = crate::note::Note::parse(&note) {
+            texts.insert(size, parsed.text().to_owned());
+        }
         let cp = opened.checkpoint;
         if cp.origin != record.origin {
             return Ok(Err(format!(
@@ -950,7 +1044,7 @@ fn check_checkpoints(
         report.checkpoints_checked += 1;
         previous = Some(cp);
     }
-    Ok(Ok(()))
+    Ok(Ok(texts))
 }
 
 #[cfg(test)]
@@ -997,6 +1091,100 @@ mod search_index_tests {
             },
             ..Default::default()
         }
+    }
+
+    /// fsck verifies stored witness cosignatures whose witness keys it is given, counts the
+    /// others, and names a forged one, one for a size without a checkpoint, and a truncated one.
+    #[test]
+    fn witness_cosignatures_are_verified_or_counted() {
+        use crate::cosignature::WitnessSigner;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let ledger = open(&store);
+        ledger.append_blocking("gw", &[event(1), event(2)]).unwrap();
+        ledger.checkpoint_now().unwrap();
+        let log = ledger.log("acme", "prod").unwrap();
+        let cp = log.latest_checkpoint().unwrap();
+        let size = cp.checkpoint.tree_size;
+        let text = crate::note::Note::parse(cp.note.as_bytes())
+            .unwrap()
+            .text()
+            .to_owned();
+        let w1 = WitnessSigner::from_seed("w1.example", &[21; 32]).unwrap();
+        let w2 = WitnessSigner::from_seed("w2.example", &[22; 32]).unwrap();
+        log.store_cosignatures(
+            size,
+            &[
+                w1.cosign(&text, 1000).unwrap(),
+                w2.cosign(&text, 1001).unwrap(),
+            ],
+        )
+        .unwrap();
+        let run = |witnesses: &[WitnessKey]| {
+            let report =
+                check_with_witnesses(store.as_ref(), &[signer().verifier()], witnesses).unwrap();
+            let l = report
+                .logs
+                .iter()
+                .find(|l| l.origin == log.origin())
+                .unwrap();
+            (
+                l.cosignatures_checked,
+                l.cosignatures_unverified,
+                report.problems().join("\n"),
+            )
+        };
+        let both = [w1.witness_key(), w2.witness_key()];
+        assert_eq!(run(&both), (2, 0, String::new()));
+        assert_eq!(run(&both[..1]), (1, 1, String::new()));
+        assert_eq!(run(&[]), (0, 2, String::new()));
+
+        let log_id = layout::decode_u32(
+            &store
+                .get(Space::Meta, &layout::meta_origin_key(log.origin()))
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        let w2_key = layout::meta_cosignature_key(log_id, size, both[1].key_id(), "w2.example");
+        let genuine = store.get(Space::Meta, &w2_key).unwrap().unwrap();
+        let put = |key: Vec<u8>, value: Vec<u8>| {
+            let mut b = WriteBatch::new();
+            b.put(Space::Meta, key, value);
+            store.write(b, true).unwrap();
+        };
+        // One bit of w2's signature flipped: caught with w2's key, only uncounted without.
+        let mut forged = genuine.clone();
+        forged[20] ^= 1;
+        put(w2_key.clone(), forged);
+        let (_, _, problems) = run(&both);
+        assert!(
+            problems.contains(&format!(
+                "cosignature by w2.example+{:08x} for the checkpoint at size {size}",
+                both[1].key_id()
+            )) && problems.contains("does not verify"),
+            "{problems}"
+        );
+        assert_eq!(run(&both[..1]), (1, 1, String::new()));
+        put(w2_key.clone(), genuine.clone());
+        assert_eq!(run(&both), (2, 0, String::new()));
+        // A cosignature stored for a size that has no checkpoint.
+        let stray = layout::meta_cosignature_key(log_id, size + 5, both[0].key_id(), "w1.example");
+        put(stray.clone(), genuine.clone());
+        let (_, _, problems) = run(&both);
+        assert!(
+            problems.contains(&format!("size {}: no checkpoint is stored", size + 5)),
+            "{problems}"
+        );
+        let mut b = WriteBatch::new();
+        b.delete(Space::Meta, stray);
+        store.write(b, true).unwrap();
+        // A truncated record.
+        put(w2_key, genuine[..71].to_vec());
+        let (_, _, problems) = run(&[]);
+        assert!(
+            problems.contains("record has 71 bytes, want 72"),
+            "{problems}"
+        );
     }
 
     fn problems(store: &Arc<dyn Store>) -> String {
