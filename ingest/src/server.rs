@@ -163,44 +163,54 @@ impl AppState {
                 )
             };
             tracing::warn!(tenant = %gw.tenant_id, gateway = %gw.gateway_id, kind, repeated = r.count, "repeated gateway sequence anomalies");
-            let attributes = BTreeMap::from([
-                ("gateway_id".to_owned(), gw.gateway_id.clone()),
-                ("anomaly".to_owned(), kind.to_owned()),
-                ("repeated".to_owned(), r.count.to_string()),
-                ("window_ms".to_owned(), r.window.as_millis().to_string()),
-            ]);
-            self.syslog.record_later(&SystemRecord {
-                kind: EventKind::Integrity,
-                environment: gw.environment.clone(),
-                principal: "auditledger".into(),
-                method: "Ingest.Append".into(),
-                decision: Decision::Unspecified,
+            self.record_anomaly(
+                Some(&gw),
                 reason,
-                target: format!("{}/{}", gw.tenant_id, gw.environment),
-                justification: String::new(),
-                attributes,
-            });
+                BTreeMap::from([
+                    ("gateway_id".to_owned(), gw.gateway_id.clone()),
+                    ("anomaly".to_owned(), kind.to_owned()),
+                    ("repeated".to_owned(), r.count.to_string()),
+                    ("window_ms".to_owned(), r.window.as_millis().to_string()),
+                ]),
+            );
         }
         if flushed.untracked > 0 {
             tracing::warn!(
                 events = flushed.untracked,
                 "sequence anomalies from too many distinct gateways to track"
             );
-            self.syslog.record_later(&SystemRecord {
-                kind: EventKind::Integrity,
-                environment: String::new(),
-                principal: "auditledger".into(),
-                method: "Ingest.Append".into(),
-                decision: Decision::Unspecified,
-                reason: format!(
+            self.record_anomaly(
+                None,
+                format!(
                     "{} more anomalous sequence numbers from more gateways than one window tracks",
                     flushed.untracked
                 ),
-                target: String::new(),
-                justification: String::new(),
-                attributes: BTreeMap::new(),
-            });
+                BTreeMap::from([("repeated".to_owned(), flushed.untracked.to_string())]),
+            );
         }
+    }
+
+    /// An `INTEGRITY` record of the server about a gateway's sequence numbers (`None`: several
+    /// gateways).
+    fn record_anomaly(
+        &self,
+        gateway: Option<&GatewayKey>,
+        reason: String,
+        attributes: BTreeMap<String, String>,
+    ) {
+        self.syslog.record_later(&SystemRecord {
+            kind: EventKind::Integrity,
+            environment: gateway.map(|g| g.environment.clone()).unwrap_or_default(),
+            principal: "auditledger".into(),
+            method: "Ingest.Append".into(),
+            decision: Decision::Unspecified,
+            reason,
+            target: gateway
+                .map(|g| format!("{}/{}", g.tenant_id, g.environment))
+                .unwrap_or_default(),
+            justification: String::new(),
+            attributes,
+        });
     }
 
     fn record_repeats(&self, flushed: crate::hardening::Flushed) {
@@ -536,20 +546,11 @@ impl AppState {
                 continue;
             }
             tracing::warn!(tenant = %gw.tenant_id, gateway = %gw.gateway_id, kind, %reason, "gateway sequence anomaly");
-            let mut attributes = BTreeMap::new();
-            attributes.insert("gateway_id".into(), gw.gateway_id.clone());
-            attributes.insert("anomaly".into(), kind.into());
-            self.syslog.record_later(&SystemRecord {
-                kind: EventKind::Integrity,
-                environment: gw.environment.clone(),
-                principal: "auditledger".into(),
-                method: "Ingest.Append".into(),
-                decision: Decision::Unspecified,
-                reason,
-                target: format!("{}/{}", gw.tenant_id, gw.environment),
-                justification: String::new(),
-                attributes,
-            });
+            let attributes = BTreeMap::from([
+                ("gateway_id".to_owned(), gw.gateway_id.clone()),
+                ("anomaly".to_owned(), kind.to_owned()),
+            ]);
+            self.record_anomaly(Some(&gw), reason, attributes);
         }
     }
 

@@ -1152,7 +1152,8 @@ mod search_index_tests {
             b.put(Space::Meta, key, value);
             store.write(b, true).unwrap();
         };
-        // One bit of w2's signature flipped: caught with w2's key, only uncounted without.
+        // One bit of w2's signature flipped: caught with w2's key; without it, only counted
+        // as not verified.
         let mut forged = genuine.clone();
         forged[20] ^= 1;
         put(w2_key.clone(), forged);
