@@ -206,6 +206,10 @@ pub(crate) struct Shared {
     sign_lock: Mutex<()>,
     /// Serialises changes to segment records and hot-leaf releases.
     segment_lock: Mutex<()>,
+    /// Serialises storing witness cosignatures: each store reads what is there to keep the
+    /// newest per witness, then writes, and two concurrent `AddCosignature` calls for one
+    /// witness could otherwise leave the older one stored.
+    cosign_lock: Mutex<()>,
     wake: Wake,
 }
 
@@ -416,6 +420,7 @@ impl Ledger {
             write_error: Mutex::new(None),
             sign_lock: Mutex::new(()),
             segment_lock: Mutex::new(()),
+            cosign_lock: Mutex::new(()),
             wake: Wake::default(),
         });
         // Bounded: if the indexer falls behind for long, commits wait for it instead of
@@ -1597,6 +1602,11 @@ impl Log {
         cosignatures: &[Cosignature],
     ) -> Result<(), LedgerError> {
         self.checkpoint_at(tree_size)?;
+        let _serial = self
+            .shared
+            .cosign_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let existing = self.cosignatures(tree_size)?;
         let mut batch = WriteBatch::with_capacity(cosignatures.len());
         for c in cosignatures {
@@ -1917,6 +1927,60 @@ mod tests {
             "{err}"
         );
         assert!(log.cosignatures(7).unwrap().is_empty());
+    }
+
+    /// Concurrent stores of one witness's cosignatures for one checkpoint keep the newest,
+    /// whatever the interleaving (each store reads what is there, then writes: a slow disk,
+    /// 2 ms per synced write, widens the window between the two).
+    #[test]
+    fn concurrent_cosignatures_keep_the_newest_per_witness() {
+        use crate::cosignature::WitnessSigner;
+        use crate::store::faulty::{FaultyStore, WriteFaults};
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+        let ledger = Ledger::open(store.clone(), keyring(), options()).unwrap();
+        ledger.append_blocking("gw", &[event(1, "acme")]).unwrap();
+        ledger.checkpoint_now().unwrap();
+        store.set_write_faults(WriteFaults {
+            delay: Duration::from_millis(2),
+            durable_only: true,
+            ..Default::default()
+        });
+        let log = ledger.log("acme", "prod").unwrap();
+        let cp = log.latest_checkpoint().unwrap();
+        let body = crate::note::Note::parse(cp.note.as_bytes()).unwrap();
+        let w1 = WitnessSigner::from_seed("w1.example", &[21; 32]).unwrap();
+        const THREADS: u64 = 8;
+        const EACH: u64 = 6;
+        const ROUNDS: u64 = 5;
+        for round in 0..ROUNDS {
+            // Each thread stores newer and newer cosignatures; the newest of all is the last
+            // one of some thread, so a lost race leaves an older one stored.
+            let base = round * 1000;
+            let batches: Vec<Vec<_>> = (0..THREADS)
+                .map(|t| {
+                    (0..EACH)
+                        .map(|i| w1.cosign(body.text(), base + 1 + i * THREADS + t).unwrap())
+                        .collect()
+                })
+                .collect();
+            std::thread::scope(|s| {
+                for batch in &batches {
+                    let log = &log;
+                    s.spawn(move || {
+                        for c in batch {
+                            log.store_cosignatures(1, std::slice::from_ref(c)).unwrap();
+                        }
+                    });
+                }
+            });
+            let stored = log.cosignatures(1).unwrap();
+            assert_eq!(stored.len(), 1);
+            assert_eq!(
+                stored[0].timestamp,
+                base + EACH * THREADS,
+                "round {round}: an older cosignature replaced the newest"
+            );
+        }
     }
 
     #[test]
