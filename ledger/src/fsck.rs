@@ -2,14 +2,14 @@
 //! hashes, every stored tile, both indexes, every checkpoint's signature, root and `prev` chain
 //! — reporting the first inconsistency of each log precisely.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::cosignature::{COSIGNATURE_V1_LEN, Cosignature, WitnessKey};
+use crate::cosignature::{COSIGNATURE_V1_LEN, WitnessKey};
 use crate::event::{self, EventId};
 use crate::layout::{self, FORMAT_VERSION, LogId, LogRecord, LogState, Space, TileView};
 use crate::merkle::{self, Hash, leaf_hash};
-use crate::note::VerifierKey;
+use crate::note::{Note, NoteSignature, VerifierKey};
 use crate::query::IndexedField;
 use crate::segments::SegmentRecord;
 use crate::store::{Direction, Store, StoreError};
@@ -292,27 +292,24 @@ fn check_log(
         report.problem = Some(problem);
         return Ok(report);
     }
-    let texts =
-        match check_checkpoints(store, log_id, record, &state, edge, verifiers, &mut report)? {
-            Ok(texts) => texts,
-            Err(problem) => {
-                report.problem = Some(problem);
-                return Ok(report);
-            }
-        };
-    if let Err(problem) = check_cosignatures(store, log_id, &texts, witnesses, &mut report)? {
+    if let Err(problem) =
+        check_checkpoints(store, log_id, record, &state, edge, verifiers, &mut report)?
+    {
+        report.problem = Some(problem);
+        return Ok(report);
+    }
+    if let Err(problem) = check_cosignatures(store, log_id, witnesses, &mut report)? {
         report.problem = Some(problem);
     }
     Ok(report)
 }
 
 /// Every stored witness cosignature of the log: a well-formed record, for a checkpoint that is
-/// stored, and, when its witness is among `witnesses`, a valid signature over that
-/// checkpoint's note text (`texts`, by tree size).
+/// stored (and already checked by [`check_checkpoints`]), and, when its witness is among
+/// `witnesses`, a valid signature over that checkpoint's note text.
 fn check_cosignatures(
     store: &dyn Store,
     log_id: LogId,
-    texts: &HashMap<u64, String>,
     witnesses: &[WitnessKey],
     report: &mut LogReport,
 ) -> Check {
@@ -339,13 +336,14 @@ fn check_cosignatures(
             )));
         };
         let who = format!("cosignature by {name}+{key_id:08x} for the checkpoint at size {size}");
-        let Ok(value) = <&[u8; COSIGNATURE_V1_LEN]>::try_from(&value[..]) else {
+        if value.len() != COSIGNATURE_V1_LEN {
             return Ok(Err(format!(
                 "{who}: record has {} bytes, want {COSIGNATURE_V1_LEN}",
                 value.len()
             )));
-        };
-        let Some(text) = texts.get(&size) else {
+        }
+        let Some(note) = store.get(Space::Checkpoints, &layout::checkpoint_key(log_id, size))?
+        else {
             return Ok(Err(format!("{who}: no checkpoint is stored at that size")));
         };
         let Some(witness) = witnesses
@@ -355,15 +353,17 @@ fn check_cosignatures(
             report.cosignatures_unverified += 1;
             continue;
         };
-        let mut signature = [0u8; 64];
-        signature.copy_from_slice(&value[8..]);
-        let cosignature = Cosignature {
+        let note = match Note::parse(&note) {
+            Ok(note) => note,
+            Err(e) => return Ok(Err(format!("{who}: its checkpoint: {e}"))),
+        };
+        // The record is the signature line's payload (timestamp ‖ signature), as served.
+        let line = NoteSignature {
             name,
             key_id,
-            timestamp: u64::from_be_bytes(value[..8].try_into().expect("8 bytes")),
-            signature,
+            signature: value,
         };
-        if let Err(e) = witness.verify(text, &cosignature.to_note_signature()) {
+        if let Err(e) = witness.verify(note.text(), &line) {
             return Ok(Err(format!("{who}: {e}")));
         }
         report.cosignatures_checked += 1;
@@ -971,7 +971,7 @@ fn check_checkpoints(
     edge: Arc<EdgeSnapshot>,
     verifiers: &[VerifierKey],
     report: &mut LogReport,
-) -> Result<Result<HashMap<u64, String>, String>, StoreError> {
+) -> Check {
     let mut notes: Vec<(u64, Vec<u8>)> = Vec::new();
     let (start, end) = layout::log_range(log_id);
     store.scan(
@@ -987,17 +987,12 @@ fn check_checkpoints(
     let reader = LogHashReader::new(store, log_id, edge);
     let mut previous: Option<Checkpoint> = None;
     let mut seen_sizes = BTreeSet::new();
-    let mut texts = HashMap::new();
     for (size, note) in notes {
         let name = format!("checkpoint at size {size}");
         let opened = match checkpoint::open(&note, verifiers) {
             Ok(o) => o,
             Err(e) => return Ok(Err(format!("{name}: {e}"))),
         };
-        // Opened above, so it parses; witnesses cosign its text.
-        if let Ok(parsed) = crate::note::Note::parse(&note) {
-            texts.insert(size, parsed.text().to_owned());
-        }
         let cp = opened.checkpoint;
         if cp.origin != record.origin {
             return Ok(Err(format!(
@@ -1044,7 +1039,7 @@ fn check_checkpoints(
         report.checkpoints_checked += 1;
         previous = Some(cp);
     }
-    Ok(Ok(texts))
+    Ok(Ok(()))
 }
 
 #[cfg(test)]
