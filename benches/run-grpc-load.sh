@@ -2,7 +2,8 @@
 # End-to-end gRPC benchmark (by hand, not in CI): a fresh ledger served by `auditledger serve`,
 # driven by `auditledger-load` on the same machine: a run paced at 50k events/s (latency, on
 # the fresh database), an unlimited run (throughput), the no-op sink with the same client
-# settings (transport ceiling), and GetInclusionProof throughput.
+# settings (transport ceiling), and inclusion proof throughput: unary GetInclusionProof and
+# GetInclusionProofs with 100 leaves per call, each beside the no-op sink.
 #   benches/run-grpc-load.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,11 @@ echo "== inclusion proofs (auditor token: proofs without contents)"
     --connections 4 --inflight 8 --seconds 10
 echo "== proof sink, same client (unary transport ceiling)"
 "$BIN/auditledger-load" --proofs --sink --connections 4 --inflight 8 --seconds 10
+echo "== inclusion proofs in bulk (GetInclusionProofs, 100 leaves per call)"
+"$BIN/auditledger-load" --proofs --proof-batch 100 --target http://127.0.0.1:50551 --token "$AUD" \
+    --tenant bench --env prod --connections 4 --inflight 8 --seconds 10
+echo "== proof sink, GetInclusionProofs with 100 leaves per call (transport ceiling)"
+"$BIN/auditledger-load" --proofs --sink --proof-batch 100 --connections 4 --inflight 8 --seconds 10
 kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
 echo "== raw RocksDB ceiling, same machine and run (8 writers, synced batches of 100)"
 "$BIN/ledger_load" --raw-only --appenders 8 --seconds "$SECONDS_PER_RUN" --dir "$WORK"

@@ -138,6 +138,8 @@ pub struct LimitsSection {
     pub search_default_limit: u32,
     /// `Investigate.FindEvents`: most events per page (larger limits are capped to this).
     pub search_max_limit: u32,
+    /// `Log.GetInclusionProofs`: most leaves in one request.
+    pub max_proof_keys: usize,
 }
 
 impl Default for LimitsSection {
@@ -148,6 +150,7 @@ impl Default for LimitsSection {
             max_batch_events: 10_000,
             search_default_limit: 100,
             search_max_limit: 1000,
+            max_proof_keys: 1000,
         }
     }
 }
@@ -419,6 +422,8 @@ max_batch_events = 10000
 # Investigate.FindEvents: events per page by default, and the most a request may ask for.
 search_default_limit = 100
 search_max_limit = 1000
+# Log.GetInclusionProofs: most leaves in one request.
+max_proof_keys = 1000
 
 [server]
 # gRPC address. Plaintext is served only on loopback; any other address needs tls_cert and
@@ -632,6 +637,9 @@ impl Config {
                 "limits.search_default_limit must be positive and at most limits.search_max_limit"
                     .into(),
             );
+        }
+        if self.limits.max_proof_keys == 0 {
+            return Err("limits.max_proof_keys must be positive".into());
         }
         if self.server.max_inflight_per_stream == 0 {
             return Err("server.max_inflight_per_stream must be positive".into());

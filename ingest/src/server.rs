@@ -360,6 +360,22 @@ impl AppState {
     }
 
     /// A leaf's contents from whichever tier holds them: (bytes, content expired, tier).
+    /// The checkpoint a proof is given with: with its witness cosignatures when witnesses are
+    /// configured (one short scan; skipped otherwise to keep proofs at full speed).
+    fn proof_checkpoint(
+        &self,
+        log: &Log,
+        cp: &SignedCheckpoint,
+    ) -> Result<pb::SignedCheckpoint, Status> {
+        if self.config.witnesses.keys.is_empty() {
+            Ok(checkpoint_to_pb(cp))
+        } else {
+            Ok(pb::SignedCheckpoint {
+                note: log.cosigned_note(cp).map_err(status::from_ledger)?,
+            })
+        }
+    }
+
     async fn leaf_contents(
         &self,
         log: &Log,
@@ -992,6 +1008,83 @@ const READ_ROLES: &[Role] = &[
 const CONTENT_ROLES: &[Role] = &[Role::Investigator, Role::Auditor, Role::Admin];
 const ENTRIES_ROLES: &[Role] = &[Role::Investigator, Role::Admin];
 
+/// Why a [`pb::LeafKey`] names no provable leaf.
+enum KeyError {
+    Invalid(String),
+    NotFound(String),
+    OutOfRange(String),
+    Ledger(LedgerError),
+}
+
+impl KeyError {
+    /// The status, its message prefixed (e.g. with the key's position in a batch).
+    fn status(self, prefix: &str) -> Status {
+        match self {
+            KeyError::Invalid(m) => Status::invalid_argument(format!("{prefix}{m}")),
+            KeyError::NotFound(m) => Status::not_found(format!("{prefix}{m}")),
+            KeyError::OutOfRange(m) => Status::out_of_range(format!("{prefix}{m}")),
+            KeyError::Ledger(e) => {
+                let status = status::from_ledger(e);
+                Status::new(status.code(), format!("{prefix}{}", status.message()))
+            }
+        }
+    }
+}
+
+/// The leaf index a key names, if the checkpoint of `size` covers it.
+async fn resolve_leaf(
+    log: &Log,
+    key: Option<&pb::leaf_key::Key>,
+    size: u64,
+) -> Result<u64, KeyError> {
+    let leaf_index = match key {
+        Some(pb::leaf_key::Key::LeafIndex(i)) => *i,
+        Some(pb::leaf_key::Key::LeafHash(h)) => {
+            let hash: [u8; 32] = h.as_slice().try_into().map_err(|_| {
+                KeyError::Invalid(format!("leaf_hash must be 32 bytes, got {}", h.len()))
+            })?;
+            log.find_leaf_hash(&hash)
+                .await
+                .map_err(KeyError::Ledger)?
+                .ok_or_else(|| {
+                    KeyError::NotFound(format!(
+                        "no leaf with hash {} in {}",
+                        hex::encode(hash),
+                        log.origin()
+                    ))
+                })?
+        }
+        Some(pb::leaf_key::Key::EventId(id)) => {
+            let parsed =
+                EventId::parse(id).map_err(|e| KeyError::Invalid(format!("event_id: {e}")))?;
+            log.find_event(&parsed)
+                .map_err(KeyError::Ledger)?
+                .ok_or_else(|| KeyError::NotFound(format!("no event {id} in {}", log.origin())))?
+        }
+        None => {
+            return Err(KeyError::Invalid(
+                "set one of leaf_index, leaf_hash or event_id".into(),
+            ));
+        }
+    };
+    if leaf_index >= size {
+        return Err(KeyError::OutOfRange(format!(
+            "leaf {leaf_index} is not covered by the checkpoint of size {size} (it may be newer: retry after checkpoint_interval)"
+        )));
+    }
+    Ok(leaf_index)
+}
+
+/// The tier a leaf's contents are read from.
+fn tier_of(log: &Log, leaf_index: u64) -> Result<pb::Tier, Status> {
+    Ok(
+        match log.segment_of(leaf_index).map_err(status::from_ledger)? {
+            Some(r) if r.hot_released => proto_tier(r.tier),
+            _ => pb::Tier::Hot,
+        },
+    )
+}
+
 fn hashes_to_pb(hashes: &[[u8; 32]]) -> Vec<Vec<u8>> {
     hashes.iter().map(|h| h.to_vec()).collect()
 }
@@ -1057,43 +1150,15 @@ impl pb::log_server::Log for LogService {
         let log = s.log(&req.tenant_id, &req.environment)?;
         let cp = Self::checkpoint_for(&log, req.tree_size)?;
         let size = cp.checkpoint.tree_size;
-        let leaf_index = match &req.key {
-            Some(pb::get_inclusion_proof_request::Key::LeafIndex(i)) => *i,
-            Some(pb::get_inclusion_proof_request::Key::LeafHash(h)) => {
-                let hash: [u8; 32] = h.as_slice().try_into().map_err(|_| {
-                    Status::invalid_argument(format!("leaf_hash must be 32 bytes, got {}", h.len()))
-                })?;
-                log.find_leaf_hash(&hash)
-                    .await
-                    .map_err(status::from_ledger)?
-                    .ok_or_else(|| {
-                        Status::not_found(format!(
-                            "no leaf with hash {} in {}",
-                            hex::encode(hash),
-                            log.origin()
-                        ))
-                    })?
-            }
-            Some(pb::get_inclusion_proof_request::Key::EventId(id)) => {
-                let parsed = EventId::parse(id)
-                    .map_err(|e| Status::invalid_argument(format!("event_id: {e}")))?;
-                log.find_event(&parsed)
-                    .map_err(status::from_ledger)?
-                    .ok_or_else(|| {
-                        Status::not_found(format!("no event {id} in {}", log.origin()))
-                    })?
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "set one of leaf_index, leaf_hash or event_id",
-                ));
-            }
+        let key = req.key.clone().map(|k| match k {
+            pb::get_inclusion_proof_request::Key::LeafIndex(i) => pb::leaf_key::Key::LeafIndex(i),
+            pb::get_inclusion_proof_request::Key::LeafHash(h) => pb::leaf_key::Key::LeafHash(h),
+            pb::get_inclusion_proof_request::Key::EventId(id) => pb::leaf_key::Key::EventId(id),
+        });
+        let leaf_index = match resolve_leaf(&log, key.as_ref(), size).await {
+            Ok(i) => i,
+            Err(e) => return Err(e.status("")),
         };
-        if leaf_index >= size {
-            return Err(Status::out_of_range(format!(
-                "leaf {leaf_index} is not covered by the checkpoint of size {size} (it may be newer: retry after checkpoint_interval)"
-            )));
-        }
         let hashes = log
             .inclusion_proof(leaf_index, size)
             .map_err(status::from_ledger)?;
@@ -1113,11 +1178,7 @@ impl pb::log_server::Log for LogService {
             s.leaf_contents(&log, leaf_index).await?
         } else {
             // Auditors get proofs without contents; say where the leaf lives all the same.
-            let tier = match log.segment_of(leaf_index).map_err(status::from_ledger)? {
-                Some(r) if r.hot_released => proto_tier(r.tier),
-                _ => pb::Tier::Hot,
-            };
-            (Vec::new(), false, tier)
+            (Vec::new(), false, tier_of(&log, leaf_index)?)
         };
         let (leaf, content_expired, tier) = leaf;
         Ok(Response::new(pb::InclusionProof {
@@ -1125,18 +1186,72 @@ impl pb::log_server::Log for LogService {
             tree_size: size,
             hashes: hashes_to_pb(&hashes),
             leaf,
-            checkpoint: Some(if s.config.witnesses.keys.is_empty() {
-                checkpoint_to_pb(&cp)
-            } else {
-                // Witnesses are configured: the proof's checkpoint carries their cosignatures
-                // (one short scan; skipped otherwise to keep proofs at full speed).
-                pb::SignedCheckpoint {
-                    note: log.cosigned_note(&cp).map_err(status::from_ledger)?,
-                }
-            }),
+            checkpoint: Some(s.proof_checkpoint(&log, &cp)?),
             leaf_hash: leaf_hash.to_vec(),
             content_expired,
             tier: tier as i32,
+        }))
+    }
+
+    async fn get_inclusion_proofs(
+        &self,
+        request: Request<pb::GetInclusionProofsRequest>,
+    ) -> Result<Response<pb::GetInclusionProofsResponse>, Status> {
+        const METHOD: &str = "Log.GetInclusionProofs";
+        let s = &self.0;
+        let req = request.get_ref();
+        let p = s.authenticate(&request, METHOD, &req.environment)?;
+        s.authorize(&p, METHOD, CONTENT_ROLES, &req.tenant_id, &req.environment)?;
+        let most = s.config.limits.max_proof_keys;
+        if req.keys.is_empty() || req.keys.len() > most {
+            return Err(Status::invalid_argument(format!(
+                "keys: {} given; ask for 1 to {most} leaves per request (limits.max_proof_keys)",
+                req.keys.len()
+            )));
+        }
+        let log = s.log(&req.tenant_id, &req.environment)?;
+        let cp = Self::checkpoint_for(&log, req.tree_size)?;
+        let size = cp.checkpoint.tree_size;
+        let mut leaves = Vec::with_capacity(req.keys.len());
+        // Every unknown key is counted so the answer says how many there are, not just the first.
+        let mut missing: Option<(usize, Status)> = None;
+        let mut missing_count = 0;
+        for (i, key) in req.keys.iter().enumerate() {
+            match resolve_leaf(&log, key.key.as_ref(), size).await {
+                Ok(leaf) => leaves.push(leaf),
+                Err(KeyError::NotFound(m)) => {
+                    missing_count += 1;
+                    missing.get_or_insert((i, Status::not_found(m)));
+                }
+                Err(other) => return Err(other.status(&format!("keys[{i}]: "))),
+            }
+        }
+        if let Some((i, status)) = missing {
+            return Err(Status::not_found(format!(
+                "keys[{i}]: {} ({missing_count} of {} keys not found)",
+                status.message(),
+                req.keys.len()
+            )));
+        }
+        let proofs = log
+            .inclusion_proofs(&leaves, size)
+            .map_err(status::from_ledger)?;
+        let mut out = Vec::with_capacity(leaves.len());
+        for (&leaf_index, (leaf_hash, hashes)) in leaves.iter().zip(&proofs) {
+            out.push(pb::InclusionProof {
+                leaf_index,
+                tree_size: size,
+                hashes: hashes_to_pb(hashes),
+                leaf: Vec::new(),
+                checkpoint: None,
+                leaf_hash: leaf_hash.to_vec(),
+                content_expired: false,
+                tier: tier_of(&log, leaf_index)? as i32,
+            });
+        }
+        Ok(Response::new(pb::GetInclusionProofsResponse {
+            checkpoint: Some(s.proof_checkpoint(&log, &cp)?),
+            proofs: out,
         }))
     }
 

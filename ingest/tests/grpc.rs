@@ -204,6 +204,175 @@ fn append_prove_read_restart() {
 }
 
 #[test]
+fn batched_inclusion_proofs() {
+    let ledger = Ledger::init("ledger.checkpoint_interval = \"100ms\"\nlimits.max_proof_keys = 8");
+    let gw = ledger.token("gateway", &["acme"], &["prod"], None);
+    let aud = ledger.token("auditor", &["acme"], &["prod"], None);
+    let keys = ledger.keys();
+    let server = Server::start(&ledger);
+    let rt = rt();
+    rt.block_on(async {
+        let sent: Vec<pb::AuditEvent> = (1..=40).map(|i| event("acme", "prod", i)).collect();
+        let mut ingest = server.ingest().await;
+        let receipts = ingest
+            .append(authed(
+                pb::AppendRequest {
+                    events: sent.clone(),
+                    wait_for_checkpoint: true,
+                },
+                &gw,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .receipts;
+        let mut log = server.log().await;
+        let key = |k: pb::leaf_key::Key| pb::LeafKey { key: Some(k) };
+        let request = |keys: Vec<pb::LeafKey>, tree_size: u64| {
+            authed(
+                pb::GetInclusionProofsRequest {
+                    tenant_id: "acme".into(),
+                    environment: "prod".into(),
+                    keys,
+                    tree_size,
+                },
+                &aud,
+            )
+        };
+        // Mixed keys, out of order, one leaf twice.
+        let wanted = [
+            key(pb::leaf_key::Key::LeafIndex(39)),
+            key(pb::leaf_key::Key::LeafHash(receipts[7].leaf_hash.clone())),
+            key(pb::leaf_key::Key::EventId(sent[21].event_id.clone())),
+            key(pb::leaf_key::Key::LeafIndex(0)),
+            key(pb::leaf_key::Key::LeafIndex(21)),
+        ];
+        let resp = log
+            .get_inclusion_proofs(request(wanted.to_vec(), 0))
+            .await
+            .unwrap()
+            .into_inner();
+        let note = resp.checkpoint.expect("the checkpoint, once").note;
+        let indexes: Vec<u64> = resp.proofs.iter().map(|p| p.leaf_index).collect();
+        assert_eq!(
+            indexes,
+            [39, 7, 21, 0, 21],
+            "one proof per key, in request order"
+        );
+        for p in &resp.proofs {
+            assert_eq!(p.tree_size, 40);
+            assert!(p.leaf.is_empty() && p.checkpoint.is_none(), "hashes only");
+            assert_eq!(p.tier, pb::Tier::Hot as i32);
+            assert_eq!(p.leaf_hash, receipts[p.leaf_index as usize].leaf_hash);
+            let leaf_hash: [u8; 32] = p.leaf_hash.as_slice().try_into().unwrap();
+            auditledger_verifier::verify_inclusion_of_hash(
+                &leaf_hash,
+                p.leaf_index,
+                &p.hashes,
+                note.as_bytes(),
+                &keys,
+            )
+            .unwrap();
+        }
+        // A proof against an older checkpoint: the one of the first append is size 40 too, so
+        // append more and ask for size 40 explicitly.
+        let more: Vec<_> = (41..=45).map(|i| event("acme", "prod", i)).collect();
+        ingest
+            .append(authed(
+                pb::AppendRequest {
+                    events: more,
+                    wait_for_checkpoint: true,
+                },
+                &gw,
+            ))
+            .await
+            .unwrap();
+        let old = log
+            .get_inclusion_proofs(request(vec![key(pb::leaf_key::Key::LeafIndex(3))], 40))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(old.proofs[0].tree_size, 40);
+        assert_eq!(old.checkpoint.unwrap().note, note);
+
+        // All or nothing, each error naming the key.
+        let unknown = || key(pb::leaf_key::Key::EventId(uuid::Uuid::now_v7().to_string()));
+        let cases: Vec<(Vec<pb::LeafKey>, u64, Code, &str)> = vec![
+            (vec![], 0, Code::InvalidArgument, "0 given; ask for 1 to 8"),
+            (
+                vec![key(pb::leaf_key::Key::LeafIndex(1)); 9],
+                0,
+                Code::InvalidArgument,
+                "9 given; ask for 1 to 8",
+            ),
+            (
+                vec![
+                    key(pb::leaf_key::Key::LeafIndex(1)),
+                    key(pb::leaf_key::Key::LeafHash(vec![1, 2, 3])),
+                ],
+                0,
+                Code::InvalidArgument,
+                "keys[1]: leaf_hash must be 32 bytes, got 3",
+            ),
+            (
+                vec![key(pb::leaf_key::Key::EventId("not-a-uuid".into()))],
+                0,
+                Code::InvalidArgument,
+                "keys[0]: event_id",
+            ),
+            (
+                vec![pb::LeafKey { key: None }],
+                0,
+                Code::InvalidArgument,
+                "keys[0]: set one of",
+            ),
+            (
+                vec![
+                    key(pb::leaf_key::Key::LeafIndex(2)),
+                    unknown(),
+                    key(pb::leaf_key::Key::LeafIndex(3)),
+                    unknown(),
+                ],
+                0,
+                Code::NotFound,
+                "(2 of 4 keys not found)",
+            ),
+            (
+                vec![key(pb::leaf_key::Key::LeafIndex(44))],
+                40,
+                Code::OutOfRange,
+                "keys[0]: leaf 44 is not covered by the checkpoint of size 40",
+            ),
+            (
+                vec![key(pb::leaf_key::Key::LeafIndex(1))],
+                41,
+                Code::NotFound,
+                "use the size of a signed checkpoint",
+            ),
+        ];
+        for (keys, tree_size, code, text) in cases {
+            let n = keys.len();
+            let err = log
+                .get_inclusion_proofs(request(keys, tree_size))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), code, "{n} keys: {err}");
+            assert!(err.message().contains(text), "{n} keys: {}", err.message());
+        }
+        let err = log
+            .get_inclusion_proofs(request(vec![unknown()], 0))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().starts_with("keys[0]: no event "),
+            "{}",
+            err.message()
+        );
+    });
+    assert!(server.stop());
+}
+
+#[test]
 fn stream_answers_in_order_and_survives_a_bad_request() {
     let ledger = Ledger::init("");
     let gw = ledger.token("gateway", &["acme"], &["prod"], None);

@@ -1150,6 +1150,29 @@ impl Log {
         )?)
     }
 
+    /// RFC 9162 inclusion proofs of several leaves at `tree_size`, each with the leaf's hash,
+    /// from one batched read of the tiles they need.
+    pub fn inclusion_proofs(
+        &self,
+        leaves: &[u64],
+        tree_size: u64,
+    ) -> Result<Vec<(Hash, Vec<Hash>)>, LedgerError> {
+        self.check_size("tree size", tree_size)?;
+        if let Some(&leaf_index) = leaves.iter().find(|&&i| i >= tree_size) {
+            return Err(LedgerError::OutOfRange {
+                what: "leaf index",
+                requested: leaf_index,
+                limit_name: "the proof's tree size",
+                limit: tree_size,
+            });
+        }
+        Ok(merkle::inclusion_proofs(
+            &self.hash_reader(),
+            leaves,
+            tree_size,
+        )?)
+    }
+
     /// RFC 9162 consistency proof from `first` to `second`.
     pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, LedgerError> {
         self.check_size("tree size", second)?;

@@ -164,20 +164,35 @@ struct ProofPlan {
 
 impl ProofPlan {
     fn resolve<R: HashReader>(&self, reader: &R) -> Result<Vec<Hash>, MerkleError> {
-        let per_range: Vec<Vec<NodeId>> = self
-            .ranges
+        let mut nodes = Vec::new();
+        let counts = self.push_nodes(&mut nodes);
+        let hashes = read_checked(reader, &nodes)?;
+        Ok(Self::fold(&counts, &hashes))
+    }
+
+    /// Appends the nodes of every range to `nodes`; returns how many each range has.
+    fn push_nodes(&self, nodes: &mut Vec<NodeId>) -> Vec<usize> {
+        self.ranges
             .iter()
-            .map(|&(begin, end)| range_nodes(begin, end))
-            .collect();
-        let all: Vec<NodeId> = per_range.iter().flatten().copied().collect();
-        let hashes = read_checked(reader, &all)?;
-        let mut out = Vec::with_capacity(per_range.len());
+            .map(|&(begin, end)| {
+                let before = nodes.len();
+                nodes.extend(range_nodes(begin, end));
+                nodes.len() - before
+            })
+            .collect()
+    }
+
+    /// The range roots from the hashes of [`Self::push_nodes`]' nodes (`counts` per range).
+    fn fold(counts: &[usize], hashes: &[Hash]) -> Vec<Hash> {
         let mut at = 0;
-        for nodes in &per_range {
-            out.push(fold_right(&hashes[at..at + nodes.len()]));
-            at += nodes.len();
-        }
-        Ok(out)
+        counts
+            .iter()
+            .map(|&n| {
+                let root = fold_right(&hashes[at..at + n]);
+                at += n;
+                root
+            })
+            .collect()
     }
 }
 
@@ -214,6 +229,39 @@ pub fn inclusion_proof<R: HashReader>(
         });
     }
     inclusion_plan(leaf_index, tree_size).resolve(reader)
+}
+
+/// Inclusion proofs of several leaves at `tree_size`, each with the leaf's hash, from one
+/// batched read: a tile-backed reader fetches each tile once however many proofs share it.
+pub fn inclusion_proofs<R: HashReader>(
+    reader: &R,
+    leaves: &[u64],
+    tree_size: u64,
+) -> Result<Vec<(Hash, Vec<Hash>)>, MerkleError> {
+    let mut nodes = Vec::new();
+    let mut counts = Vec::with_capacity(leaves.len());
+    for &leaf_index in leaves {
+        if leaf_index >= tree_size {
+            return Err(MerkleError::LeafOutOfRange {
+                leaf_index,
+                tree_size,
+            });
+        }
+        nodes.push(NodeId::new(0, leaf_index));
+        counts.push(inclusion_plan(leaf_index, tree_size).push_nodes(&mut nodes));
+    }
+    let hashes = read_checked(reader, &nodes)?;
+    let mut at = 0;
+    Ok(counts
+        .iter()
+        .map(|counts| {
+            let leaf = hashes[at];
+            let used: usize = counts.iter().sum();
+            let proof = ProofPlan::fold(counts, &hashes[at + 1..at + 1 + used]);
+            at += 1 + used;
+            (leaf, proof)
+        })
+        .collect())
 }
 
 /// Ranges of the RFC 9162 §2.1.4.1 consistency proof from `first` to `second`.
@@ -922,6 +970,30 @@ mod tests {
             if other != m {
                 prop_assert!(verify_inclusion(m, size, &hashes[other as usize], &proof, &r).is_err());
             }
+        }
+
+        #[test]
+        fn batched_proofs_equal_single_proofs(n in 1usize..2000, seed in any::<u64>(), k in 0usize..40) {
+            let hashes = leaves(n);
+            let tree = tree_of(&hashes);
+            let size = (seed % n as u64) + 1;
+            // Repeats included: the same leaf twice must give the same proof twice.
+            let wanted: Vec<u64> = (0..k as u64)
+                .map(|i| seed.rotate_left(i as u32 * 7).wrapping_mul(i + 1) % size)
+                .collect();
+            let batch = inclusion_proofs(&tree, &wanted, size).unwrap();
+            prop_assert_eq!(batch.len(), wanted.len());
+            for (&m, (leaf, proof)) in wanted.iter().zip(&batch) {
+                prop_assert_eq!(leaf, &hashes[m as usize]);
+                prop_assert_eq!(proof, &naive::path(m as usize, &hashes[..size as usize]));
+            }
+            let mut beyond = wanted.clone();
+            beyond.push(size);
+            let refused = matches!(
+                inclusion_proofs(&tree, &beyond, size),
+                Err(MerkleError::LeafOutOfRange { leaf_index, .. }) if leaf_index == size
+            );
+            prop_assert!(refused);
         }
 
         #[test]

@@ -150,6 +150,30 @@ fn appends_prove_and_dedup(store: Arc<dyn Store>) {
     let proof = log.consistency_proof(100, 301).unwrap();
     merkle::verify_consistency(100, 301, &proof, &old_root, &opened.checkpoint.root_hash).unwrap();
     assert!(log.inclusion_proof(5, 302).is_err(), "beyond tree size");
+    // Batched proofs: every leaf (and one twice) at two sizes, equal to the single proofs.
+    for size in [301, 137] {
+        let mut wanted: Vec<u64> = (0..size).rev().collect();
+        wanted.push(3);
+        let batch = log.inclusion_proofs(&wanted, size).unwrap();
+        assert_eq!(batch.len(), wanted.len());
+        for (&i, (hash, proof)) in wanted.iter().zip(&batch) {
+            assert_eq!(*hash, log.leaf_hash(i).unwrap(), "leaf {i} at {size}");
+            assert_eq!(
+                *proof,
+                log.inclusion_proof(i, size).unwrap(),
+                "leaf {i} at {size}"
+            );
+        }
+    }
+    assert!(
+        log.inclusion_proofs(&[0, 301], 301).is_err(),
+        "a leaf beyond the size"
+    );
+    assert!(
+        log.inclusion_proofs(&[0], 302).is_err(),
+        "a size beyond the tree"
+    );
+    assert!(log.inclusion_proofs(&[], 301).unwrap().is_empty());
     ledger.close().unwrap();
 }
 

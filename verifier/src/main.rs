@@ -44,7 +44,8 @@ enum Command {
     },
     /// Verify an inclusion proof saved as JSON (the protobuf JSON of `InclusionProof`, e.g.
     /// grpcurl's output of `Log/GetInclusionProof`): the signed checkpoint it carries, then
-    /// the path from the leaf (or, for expired contents, its leaf hash) to the root.
+    /// the path from the leaf (or, for expired contents, its leaf hash) to the root. A
+    /// `Log/GetInclusionProofs` response is checked proof by proof against its one checkpoint.
     Inclusion {
         file: PathBuf,
         #[arg(long = "key", required_unless_present = "keyring")]
@@ -149,52 +150,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let trust = trust.load()?;
             let given = parse_keys(&keys)?;
             let keys = trust.verifier_keys(&given);
-            let p = InclusionProofFile::parse(&read_text(&file)?)
+            let proofs = InclusionProofFile::parse_all(&read_text(&file)?)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let (v, what) = if p.leaf.is_empty() {
-                let hash: [u8; 32] = p
-                    .leaf_hash
-                    .as_deref()
-                    .and_then(|h| h.try_into().ok())
-                    .context("the proof has no leaf and no 32-byte leafHash to verify")?;
-                let v = auditledger_verifier::verify_inclusion_of_hash(
-                    &hash,
-                    p.leaf_index,
-                    &p.hashes,
-                    p.checkpoint_note.as_bytes(),
-                    &keys,
-                )?;
-                (v, "leaf hash (no contents in the proof)")
-            } else {
-                if let Some(h) = &p.leaf_hash
-                    && h.as_slice() != auditledger_ledger::merkle::leaf_hash(&p.leaf)
-                {
-                    anyhow::bail!(
-                        "leafHash {} is not the hash of the leaf bytes in the proof",
-                        hex::encode(h)
-                    );
+            let batch = proofs.len() > 1;
+            let mut checked = (None, "leaf contents");
+            for (i, p) in proofs.iter().enumerate() {
+                let (v, what) = verify_inclusion_file(p, &keys).map_err(|e| {
+                    if batch {
+                        e.context(format!("proofs[{i}] (leaf {})", p.leaf_index))
+                    } else {
+                        e
+                    }
+                })?;
+                if checked.0.is_none() || what != "leaf contents" {
+                    checked = (Some(v), what);
                 }
-                let v = auditledger_verifier::verify_inclusion(
-                    &p.leaf,
-                    p.leaf_index,
-                    &p.hashes,
-                    p.checkpoint_note.as_bytes(),
-                    &keys,
-                )?;
-                (v, "leaf contents")
-            };
-            let checkpoint_note = p.checkpoint_note.clone();
-            trust.check("proof checkpoint", checkpoint_note.as_bytes(), &given)?;
-            if p.tree_size != 0 && p.tree_size != v.checkpoint.tree_size {
-                anyhow::bail!(
-                    "the proof says tree size {} but its checkpoint is of size {}",
-                    p.tree_size,
-                    v.checkpoint.tree_size
-                );
             }
+            let (Some(v), what) = checked else {
+                unreachable!("parse_all returns at least one proof")
+            };
+            let checkpoint_note = proofs[0].checkpoint_note.clone();
+            trust.check("proof checkpoint", checkpoint_note.as_bytes(), &given)?;
+            let leaves = if batch {
+                let mut listed: Vec<String> = proofs
+                    .iter()
+                    .take(10)
+                    .map(|p| p.leaf_index.to_string())
+                    .collect();
+                if proofs.len() > 10 {
+                    listed.push("…".into());
+                }
+                format!("{} leaves ({}) are", proofs.len(), listed.join(", "))
+            } else {
+                format!("leaf {} is", proofs[0].leaf_index)
+            };
             println!(
-                "OK: leaf {} is in {} at tree size {} (checked: {what}; checkpoint signed by {})",
-                p.leaf_index,
+                "OK: {leaves} in {} at tree size {} (checked: {what}; checkpoint signed by {})",
                 v.checkpoint.origin,
                 v.checkpoint.tree_size,
                 v.signed_by
@@ -459,4 +450,55 @@ mod live_args {
             .filter(|l| l.is_alert())
             .map(|_| monitor::EXIT_ALERT)
     }
+}
+
+/// Checks one inclusion proof against its checkpoint: from the leaf bytes when it has them,
+/// else from its leaf hash. Returns the verified checkpoint and what was checked.
+fn verify_inclusion_file(
+    p: &InclusionProofFile,
+    keys: &[VerifierKey],
+) -> anyhow::Result<(
+    auditledger_ledger::checkpoint::VerifiedCheckpoint,
+    &'static str,
+)> {
+    let (v, what) = if p.leaf.is_empty() {
+        let hash: [u8; 32] = p
+            .leaf_hash
+            .as_deref()
+            .and_then(|h| h.try_into().ok())
+            .context("the proof has no leaf and no 32-byte leafHash to verify")?;
+        let v = auditledger_verifier::verify_inclusion_of_hash(
+            &hash,
+            p.leaf_index,
+            &p.hashes,
+            p.checkpoint_note.as_bytes(),
+            keys,
+        )?;
+        (v, "leaf hash (no contents in the proof)")
+    } else {
+        if let Some(h) = &p.leaf_hash
+            && h.as_slice() != auditledger_ledger::merkle::leaf_hash(&p.leaf)
+        {
+            anyhow::bail!(
+                "leafHash {} is not the hash of the leaf bytes in the proof",
+                hex::encode(h)
+            );
+        }
+        let v = auditledger_verifier::verify_inclusion(
+            &p.leaf,
+            p.leaf_index,
+            &p.hashes,
+            p.checkpoint_note.as_bytes(),
+            keys,
+        )?;
+        (v, "leaf contents")
+    };
+    if p.tree_size != 0 && p.tree_size != v.checkpoint.tree_size {
+        anyhow::bail!(
+            "the proof says tree size {} but its checkpoint is of size {}",
+            p.tree_size,
+            v.checkpoint.tree_size
+        );
+    }
+    Ok((v, what))
 }

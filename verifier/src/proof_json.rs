@@ -80,21 +80,56 @@ fn parse(text: &str) -> Result<Value, String> {
     Ok(v)
 }
 
+fn checkpoint_note(v: &Value) -> Option<String> {
+    v.get("checkpoint")
+        .and_then(|c| c.get("note"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
 impl InclusionProofFile {
     pub fn parse(text: &str) -> Result<Self, String> {
         let v = parse(text)?;
-        let checkpoint_note = v
-            .get("checkpoint")
-            .and_then(|c| c.get("note"))
-            .and_then(Value::as_str)
-            .ok_or("checkpoint.note: missing (the proof must carry its signed checkpoint)")?
-            .to_owned();
+        let note = checkpoint_note(&v)
+            .ok_or("checkpoint.note: missing (the proof must carry its signed checkpoint)")?;
+        Self::from_value(&v, note)
+    }
+
+    /// One proof (`InclusionProof`) or several (`GetInclusionProofsResponse`: `proofs`, each
+    /// against the response's one `checkpoint`).
+    pub fn parse_all(text: &str) -> Result<Vec<Self>, String> {
+        let v = parse(text)?;
+        let Some(proofs) = v.get("proofs") else {
+            return Self::parse(text).map(|p| vec![p]);
+        };
+        let note = checkpoint_note(&v).ok_or(
+            "checkpoint.note: missing (the response must carry the checkpoint its proofs verify against)",
+        )?;
+        let Value::Array(items) = proofs else {
+            return Err(format!("proofs: expected a list, got {proofs}"));
+        };
+        if items.is_empty() {
+            return Err("proofs: the list is empty".into());
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if !p.is_object() {
+                    return Err(format!("proofs[{i}]: expected a JSON object, got {p}"));
+                }
+                Self::from_value(p, note.clone()).map_err(|e| format!("proofs[{i}].{e}"))
+            })
+            .collect()
+    }
+
+    fn from_value(v: &Value, checkpoint_note: String) -> Result<Self, String> {
         Ok(InclusionProofFile {
-            leaf_index: uint(&v, "leafIndex", "leaf_index")?,
-            tree_size: uint(&v, "treeSize", "tree_size")?,
-            hashes: hash_list(&v)?,
-            leaf: bytes(&v, "leaf", "leaf")?.unwrap_or_default(),
-            leaf_hash: bytes(&v, "leafHash", "leaf_hash")?,
+            leaf_index: uint(v, "leafIndex", "leaf_index")?,
+            tree_size: uint(v, "treeSize", "tree_size")?,
+            hashes: hash_list(v)?,
+            leaf: bytes(v, "leaf", "leaf")?.unwrap_or_default(),
+            leaf_hash: bytes(v, "leafHash", "leaf_hash")?,
             checkpoint_note,
         })
     }
@@ -132,6 +167,44 @@ mod tests {
         assert_eq!((q.leaf_index, q.tree_size, q.leaf.len()), (7, 8, 0));
         let c = ConsistencyProofFile::parse(r#"{"first":"1","second":"3","hashes":[]}"#).unwrap();
         assert_eq!((c.first, c.second), (1, 3));
+    }
+
+    #[test]
+    fn reads_a_batch_against_its_one_checkpoint() {
+        let all = InclusionProofFile::parse_all(
+            r#"{"checkpoint":{"note":"cp\n"},"proofs":[{"leafIndex":"3","hashes":["AAEC"],"leafHash":"AQ=="},{"leafIndex":"9"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[0].leaf_index, all[1].leaf_index), (3, 9));
+        assert!(all.iter().all(|p| p.checkpoint_note == "cp\n"));
+        assert_eq!(all[0].hashes, vec![vec![0, 1, 2]]);
+        // A single proof is a batch of one.
+        let one = InclusionProofFile::parse_all(r#"{"leafIndex":"5","checkpoint":{"note":"n"}}"#)
+            .unwrap();
+        assert_eq!((one.len(), one[0].leaf_index), (1, 5));
+        for (text, needle) in [
+            (r#"{"proofs":[{"leafIndex":"1"}]}"#, "checkpoint.note"),
+            (
+                r#"{"checkpoint":{"note":"n"},"proofs":{}}"#,
+                "proofs: expected a list",
+            ),
+            (
+                r#"{"checkpoint":{"note":"n"},"proofs":[]}"#,
+                "proofs: the list is empty",
+            ),
+            (
+                r#"{"checkpoint":{"note":"n"},"proofs":[{"leafIndex":"1"},{"leafIndex":"x"}]}"#,
+                "proofs[1].leafIndex",
+            ),
+            (
+                r#"{"checkpoint":{"note":"n"},"proofs":[7]}"#,
+                "proofs[0]: expected a JSON object, got 7",
+            ),
+        ] {
+            let err = InclusionProofFile::parse_all(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -164,6 +164,53 @@ fn inclusion_and_consistency_from_json_files() {
     let (ok, out) = verify(&["inclusion", path(&good), "--key", &wrong_key]);
     assert!(!ok, "{out}");
 
+    // A GetInclusionProofs response: hash-only proofs against its one checkpoint.
+    let wanted = [12u64, 0, 7, 7];
+    let batch = log.inclusion_proofs(&wanted, new_size).unwrap();
+    let response = |tamper: Option<usize>| {
+        let proofs: Vec<serde_json::Value> = wanted
+            .iter()
+            .zip(&batch)
+            .enumerate()
+            .map(|(i, (&leaf_index, (leaf_hash, hashes)))| {
+                let mut leaf_hash = *leaf_hash;
+                if tamper == Some(i) {
+                    leaf_hash[0] ^= 1;
+                }
+                json!({
+                    "leafIndex": leaf_index.to_string(),
+                    "treeSize": new_size.to_string(),
+                    "hashes": hashes.iter().map(|h| b64(h)).collect::<Vec<_>>(),
+                    "leafHash": b64(&leaf_hash),
+                })
+            })
+            .collect();
+        json!({"checkpoint": {"note": new.note}, "proofs": proofs}).to_string()
+    };
+    let f = dir.write("batch.json", &response(None));
+    let (ok, out) = verify(&["inclusion", path(&f), "--key", &key]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "OK: 4 leaves (12, 0, 7, 7) are in auditledger.local/acme/prod at tree size 13"
+        ),
+        "{out}"
+    );
+    let f = dir.write("batch-bad.json", &response(Some(2)));
+    let (ok, out) = verify(&["inclusion", path(&f), "--key", &key]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAILED") && out.contains("proofs[2] (leaf 7)"),
+        "{out}"
+    );
+    let (ok, out) = verify(&[
+        "inclusion",
+        path(&dir.write("batch-ok.json", &response(None))),
+        "--key",
+        &wrong_key,
+    ]);
+    assert!(!ok, "{out}");
+
     // Consistency between the two checkpoints.
     let old_file = dir.write("old.note", &old.note);
     let new_file = dir.write("new.note", &new.note);

@@ -5,7 +5,8 @@
 //! load (for latency at a fixed rate). `--sink` runs the same client against an in-process
 //! no-op server that acknowledges without storing: the transport ceiling of the same run.
 //! `--proofs` measures `GetInclusionProof` throughput instead (with `--sink`: against a no-op
-//! `Log` service returning proofs of the same size).
+//! `Log` service returning proofs of the same size); `--proof-batch N` asks for N proofs per
+//! `GetInclusionProofs` call instead.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -57,6 +58,10 @@ struct Args {
     /// Measure GetInclusionProof requests/s on leaves [0, tree size) instead of appends.
     #[arg(long)]
     proofs: bool,
+    /// With --proofs: leaves per `GetInclusionProofs` request (0 = one `GetInclusionProof` call
+    /// per proof).
+    #[arg(long, default_value_t = 0)]
+    proof_batch: usize,
     /// Scrape this /metrics URL at the end for checkpoint lag and fsync figures.
     #[arg(long)]
     metrics: Option<String>,
@@ -364,6 +369,31 @@ impl pb::log_server::Log for ProofSink {
         }))
     }
 
+    async fn get_inclusion_proofs(
+        &self,
+        request: Request<pb::GetInclusionProofsRequest>,
+    ) -> Result<Response<pb::GetInclusionProofsResponse>, Status> {
+        let mut proofs = Vec::new();
+        for key in request.into_inner().keys {
+            let Some(pb::leaf_key::Key::LeafIndex(leaf_index)) = key.key else {
+                return Err(Status::invalid_argument(
+                    "the sink answers by leaf_index only",
+                ));
+            };
+            proofs.push(pb::InclusionProof {
+                leaf_index,
+                tree_size: SINK_TREE_SIZE,
+                hashes: vec![vec![3u8; 32]; 22],
+                leaf_hash: vec![5u8; 32],
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(pb::GetInclusionProofsResponse {
+            checkpoint: Some(self.checkpoint()),
+            proofs,
+        }))
+    }
+
     async fn get_consistency_proof(
         &self,
         _: Request<pb::GetConsistencyProofRequest>,
@@ -425,6 +455,31 @@ async fn proofs(args: Args, target: String) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(t as u64 + 3);
             while Instant::now() < stop_at {
+                if args.proof_batch > 0 {
+                    let req = pb::GetInclusionProofsRequest {
+                        tenant_id: args.tenant.clone(),
+                        environment: args.env.clone(),
+                        keys: (0..args.proof_batch)
+                            .map(|_| pb::LeafKey {
+                                key: Some(pb::leaf_key::Key::LeafIndex(rng.range(0, size))),
+                            })
+                            .collect(),
+                        tree_size: size,
+                    };
+                    let got = log.get_inclusion_proofs(authed(req, &args.token)?).await?;
+                    let got = got.get_ref();
+                    if got.proofs.len() != args.proof_batch
+                        || (size > 1 && got.proofs.iter().any(|p| p.hashes.is_empty()))
+                    {
+                        bail!(
+                            "asked for {} proofs, got {} (or an empty one) for a tree of {size} leaves",
+                            args.proof_batch,
+                            got.proofs.len()
+                        );
+                    }
+                    done.fetch_add(args.proof_batch as u64, Ordering::Relaxed);
+                    continue;
+                }
                 let req = pb::GetInclusionProofRequest {
                     tenant_id: args.tenant.clone(),
                     environment: args.env.clone(),
@@ -448,8 +503,13 @@ async fn proofs(args: Args, target: String) -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     println!("machine: {}", machine());
+    let method = if args.proof_batch > 0 {
+        format!("GetInclusionProofs ({} per request)", args.proof_batch)
+    } else {
+        "GetInclusionProof".to_string()
+    };
     println!(
-        "{} GetInclusionProof: {:.0} proofs/s ({} connections x {} in flight, random leaves of a {size}-leaf log)",
+        "{} {method}: {:.0} proofs/s ({} connections x {} in flight, random leaves of a {size}-leaf log)",
         if args.sink { "proof sink" } else { "ledger" },
         done.load(Ordering::Relaxed) as f64 / elapsed,
         channels.len(),
