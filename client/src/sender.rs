@@ -1,7 +1,7 @@
 //! The background sender: takes recorded events in order (from memory or from the spool),
 //! cuts batches (size, bytes, linger), keeps several in flight on one `AppendStream`, matches
 //! responses to batches, retries with exponential backoff and jitter (honouring the ledger's
-//! `retry after N ms` hint), never retries an event the ledger refused, and reports each
+//! retry hint: `retry_after_ms` in-stream, `retry-after-ms` metadata otherwise), never retries an event the ledger refused, and reports each
 //! outcome to the event's handle, the metrics, and (spool mode) the spool's acknowledged
 //! position.
 
@@ -135,16 +135,7 @@ enum Wake {
     Other,
 }
 
-/// `retry after N ms` in a status message (in-stream errors carry no metadata).
-fn hint_from_message(message: &str) -> Option<Duration> {
-    let rest = &message[message.find("retry after ")? + "retry after ".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    if !rest[digits.len()..].trim_start().starts_with("ms") {
-        return None;
-    }
-    digits.parse().ok().map(Duration::from_millis)
-}
-
+/// The ledger's retry hint of a refused stream or call (`retry-after-ms` metadata).
 fn hint_from_status(status: &tonic::Status) -> Option<Duration> {
     status
         .metadata()
@@ -152,7 +143,11 @@ fn hint_from_status(status: &tonic::Status) -> Option<Duration> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis)
-        .or_else(|| hint_from_message(status.message()))
+}
+
+/// The ledger's retry hint of a request refused inside the stream.
+fn hint_from_error(err: &pb::AppendError) -> Option<Duration> {
+    (err.retry_after_ms > 0).then(|| Duration::from_millis(err.retry_after_ms))
 }
 
 impl Sender {
@@ -584,12 +579,12 @@ impl Sender {
                 _ => {
                     self.failures += 1;
                     Metrics::add(&self.shared.metrics.stream_failures, 1);
-                    let delay = self.backoff(hint_from_message(&err.message));
+                    let delay = self.backoff(hint_from_error(&err));
                     // A request larger than the tenant's whole per-second quota can never
-                    // pass (quotas.rs says "send smaller requests"): halve it.
+                    // pass (the ledger sets `request_exceeds_quota`): halve it.
                     if code == tonic::Code::ResourceExhausted
                         && batch.entries.len() > 1
-                        && err.message.contains("smaller requests")
+                        && err.request_exceeds_quota
                     {
                         let tail = batch.entries.split_off(batch.entries.len() / 2);
                         self.push_retry(Batch {
@@ -730,16 +725,20 @@ mod tests {
 
     #[test]
     fn retry_hints() {
-        assert_eq!(
-            hint_from_message("tenant \"a\" is over its quota of 10 events/s; retry after 250 ms"),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(hint_from_message("retry after checkpoint_interval"), None);
-        assert_eq!(hint_from_message("no hint"), None);
-        let mut status = tonic::Status::resource_exhausted("over quota");
+        let mut status = tonic::Status::resource_exhausted("over quota; retry after 250 ms");
+        // The wording is for people; only the metadata counts.
+        assert_eq!(hint_from_status(&status), None);
         status
             .metadata_mut()
             .insert("retry-after-ms", "1200".parse().unwrap());
         assert_eq!(hint_from_status(&status), Some(Duration::from_millis(1200)));
+        let mut err = pb::AppendError {
+            code: tonic::Code::ResourceExhausted as i32,
+            message: "over quota; retry after 250 ms".into(),
+            ..Default::default()
+        };
+        assert_eq!(hint_from_error(&err), None);
+        err.retry_after_ms = 250;
+        assert_eq!(hint_from_error(&err), Some(Duration::from_millis(250)));
     }
 }

@@ -41,6 +41,8 @@ pub struct Quotas {
 pub struct QuotaExceeded {
     pub message: String,
     pub retry_after_ms: u64,
+    /// The request alone is larger than a whole second's quota: only splitting it helps.
+    pub request_too_large: bool,
 }
 
 impl Quotas {
@@ -94,6 +96,7 @@ impl Quotas {
                         "tenant {tenant:?}: one request of {want} {unit} exceeds the quota of {rate} {unit}/s; send smaller requests"
                     ),
                     retry_after_ms: 1000,
+                    request_too_large: true,
                 });
             }
             if bucket.tokens < want {
@@ -101,6 +104,7 @@ impl Quotas {
                 return Err(QuotaExceeded {
                     message: format!("tenant {tenant:?} is over its quota of {rate} {unit}/s"),
                     retry_after_ms: wait.max(1),
+                    request_too_large: false,
                 });
             }
         }
@@ -130,6 +134,7 @@ impl Quotas {
             return Err(QuotaExceeded {
                 message: format!("tenant {t:?} already has {limit} open AppendStreams"),
                 retry_after_ms: 1000,
+                request_too_large: false,
             });
         }
         for t in tenants {

@@ -635,7 +635,7 @@ impl AppState {
         for (tenant, (events, bytes)) in &per_tenant {
             if let Err(q) = self.quotas.charge(tenant, *events, *bytes) {
                 self.metrics.reject(tenant, "quota");
-                return Err(status::exhausted(q.message, q.retry_after_ms));
+                return Err(status::exhausted(q));
             }
         }
         let pending = match self.ledger.submit(&principal.name, &req.events).await {
@@ -833,11 +833,14 @@ fn append_error(status: &Status) -> pb::AppendError {
             Some((Some(index), field))
         })
         .unwrap_or((None, String::new()));
+    let (retry_after_ms, request_exceeds_quota) = status::retry_hint(status);
     pb::AppendError {
         code: status.code() as i32,
         message: message.to_owned(),
         event_index,
         field,
+        retry_after_ms,
+        request_exceeds_quota,
     }
 }
 
@@ -904,7 +907,7 @@ impl pb::ingest_server::Ingest for IngestService {
             for t in &principal.tenants {
                 state.metrics.reject(t, "streams");
             }
-            return Err(status::exhausted(q.message, q.retry_after_ms));
+            return Err(status::exhausted(q));
         }
         let mut inbound = request.into_inner();
         let inflight = state.config.server.max_inflight_per_stream;

@@ -1085,6 +1085,10 @@ fn stream_and_byte_quotas() {
             .unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
         assert!(err.message().contains("bytes"), "{}", err.message());
+        assert!(
+            err.metadata().get("request-exceeds-quota").is_none(),
+            "a rate refusal, not a size one"
+        );
         let retry: u64 = err
             .metadata()
             .get("retry-after-ms")
@@ -1109,6 +1113,54 @@ fn stream_and_byte_quotas() {
         let last_first = first.receipts.last().unwrap().leaf_index;
         assert_eq!(again.receipts[0].leaf_index, last_first + 1);
         assert!(again.receipts.iter().all(|r| !r.duplicate));
+
+        // A request larger than a whole second's quota can never pass: the refusal says so in
+        // structured fields (clients split on them, not on the wording), unary and in-stream.
+        let mut huge = batch(1_000);
+        huge.extend(batch(2_000));
+        let err = ingest
+            .append(authed(
+                pb::AppendRequest {
+                    events: huge.clone(),
+                    wait_for_checkpoint: false,
+                },
+                &gw,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+        assert_eq!(err.metadata().get("request-exceeds-quota").unwrap(), "true");
+        let mut refusal = None;
+        for _ in 0..50 {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(pb::AppendRequest {
+                events: huge.clone(),
+                wait_for_checkpoint: false,
+            })
+            .await
+            .unwrap();
+            match ingest
+                .append_stream(authed(tokio_stream::wrappers::ReceiverStream::new(rx), &gw))
+                .await
+            {
+                Ok(responses) => {
+                    let mut responses = responses.into_inner();
+                    refusal = responses.message().await.unwrap().unwrap().error;
+                    break;
+                }
+                // The earlier streams' slot is released asynchronously.
+                Err(e) if e.code() == Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let refusal = refusal.expect("the stream refused the request in an AppendError");
+        assert_eq!(refusal.code, Code::ResourceExhausted as i32, "{refusal:?}");
+        assert!(
+            refusal.request_exceeds_quota && refusal.retry_after_ms > 0,
+            "{refusal:?}"
+        );
     });
 }
 
