@@ -22,17 +22,7 @@ fn append_prove_read_restart() {
     let sent: Vec<pb::AuditEvent> = (1..=100).map(|i| event("acme", "prod", i)).collect();
     let (receipts, first_cp) = rt.block_on(async {
         let mut ingest = server.ingest().await;
-        let resp = ingest
-            .append(authed(
-                pb::AppendRequest {
-                    events: sent.clone(),
-                    wait_for_checkpoint: true,
-                },
-                &gw,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let resp = common::append_proven(&mut ingest, sent.clone(), &gw).await;
         (resp.receipts, resp.checkpoint.unwrap().note)
     });
     assert_eq!(receipts.len(), 100);
@@ -153,17 +143,7 @@ fn append_prove_read_restart() {
         assert_eq!(opened.checkpoint.tree_size, 100);
         let mut ingest = server.ingest().await;
         let more: Vec<_> = (101..=110).map(|i| event("acme", "prod", i)).collect();
-        let resp = ingest
-            .append(authed(
-                pb::AppendRequest {
-                    events: more,
-                    wait_for_checkpoint: true,
-                },
-                &gw,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let resp = common::append_proven(&mut ingest, more, &gw).await;
         assert_eq!(resp.receipts[0].leaf_index, 100);
         let new_cp = resp.checkpoint.unwrap().note;
         auditledger_verifier::verify_checkpoint(
@@ -214,17 +194,8 @@ fn batched_inclusion_proofs() {
     rt.block_on(async {
         let sent: Vec<pb::AuditEvent> = (1..=40).map(|i| event("acme", "prod", i)).collect();
         let mut ingest = server.ingest().await;
-        let receipts = ingest
-            .append(authed(
-                pb::AppendRequest {
-                    events: sent.clone(),
-                    wait_for_checkpoint: true,
-                },
-                &gw,
-            ))
+        let receipts = common::append_proven(&mut ingest, sent.clone(), &gw)
             .await
-            .unwrap()
-            .into_inner()
             .receipts;
         let mut log = server.log().await;
         let key = |k: pb::leaf_key::Key| pb::LeafKey { key: Some(k) };
@@ -277,16 +248,7 @@ fn batched_inclusion_proofs() {
         // A proof against an older checkpoint: the one of the first append is size 40 too, so
         // append more and ask for size 40 explicitly.
         let more: Vec<_> = (41..=45).map(|i| event("acme", "prod", i)).collect();
-        ingest
-            .append(authed(
-                pb::AppendRequest {
-                    events: more,
-                    wait_for_checkpoint: true,
-                },
-                &gw,
-            ))
-            .await
-            .unwrap();
+        common::append_proven(&mut ingest, more, &gw).await;
         let old = log
             .get_inclusion_proofs(request(vec![key(pb::leaf_key::Key::LeafIndex(3))], 40))
             .await

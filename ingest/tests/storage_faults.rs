@@ -402,17 +402,8 @@ fn real_disk_full_refuses_with_unavailable_and_recovers_when_space_returns() {
         let mut acked: Vec<(pb::AuditEvent, u64)> = Vec::new();
         let warm = batch(1, 50);
         // With a signed checkpoint, so that lookups of refused events can answer NotFound.
-        let receipts = ingest
-            .append(authed(
-                pb::AppendRequest {
-                    events: warm.clone(),
-                    wait_for_checkpoint: true,
-                },
-                &gw,
-            ))
+        let receipts = common::append_proven(&mut ingest, warm.clone(), &gw)
             .await
-            .unwrap()
-            .into_inner()
             .receipts;
         for (e, r) in warm.iter().zip(receipts) {
             acked.push((e.clone(), r.leaf_index));

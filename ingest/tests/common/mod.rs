@@ -303,6 +303,25 @@ pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
 }
 
 /// A valid event with a fresh UUIDv7.
+/// Appends `events` with `wait_for_checkpoint` (receipts with proofs and the checkpoint).
+pub async fn append_proven(
+    ingest: &mut IngestClient<Channel>,
+    events: Vec<pb::AuditEvent>,
+    token: &str,
+) -> pb::AppendResponse {
+    ingest
+        .append(authed(
+            pb::AppendRequest {
+                events,
+                wait_for_checkpoint: true,
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 pub fn event(tenant: &str, env: &str, gateway_seq: u64) -> pb::AuditEvent {
     pb::AuditEvent {
         event_id: uuid::Uuid::now_v7().to_string(),
