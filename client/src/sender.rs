@@ -1,9 +1,9 @@
 //! The background sender: takes recorded events in order (from memory or from the spool),
 //! cuts batches (size, bytes, linger), keeps several in flight on one `AppendStream`, matches
 //! responses to batches, retries with exponential backoff and jitter (honouring the ledger's
-//! retry hint: `retry_after_ms` in-stream, `retry-after-ms` metadata otherwise), never retries an event the ledger refused, and reports each
-//! outcome to the event's handle, the metrics, and (spool mode) the spool's acknowledged
-//! position.
+//! retry hint: `retry_after_ms` in the stream, `retry-after-ms` metadata otherwise), never
+//! retries an event the ledger refused, and reports each outcome to the event's handle, the
+//! metrics, and (spool mode) the spool's acknowledged position.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;

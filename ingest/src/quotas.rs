@@ -176,6 +176,7 @@ mod tests {
         q.charge_at("noisy", 100, 0, t0).unwrap();
         let err = q.charge_at("noisy", 10, 0, t0).unwrap_err();
         assert!(err.retry_after_ms >= 100, "{err:?}");
+        assert!(!err.request_too_large, "waiting helps: {err:?}");
         // Another tenant is unaffected.
         q.charge_at("quiet", 50, 0, t0).unwrap();
         // Half a second later, 50 events are available again.
@@ -185,12 +186,11 @@ mod tests {
             q.charge_at("noisy", 1, 0, t0 + Duration::from_millis(500))
                 .is_err()
         );
-        assert!(
-            q.charge_at("noisy", 101, 0, t0 + Duration::from_secs(10))
-                .unwrap_err()
-                .message
-                .contains("smaller")
-        );
+        let too_large = q
+            .charge_at("noisy", 101, 0, t0 + Duration::from_secs(10))
+            .unwrap_err();
+        assert!(too_large.message.contains("smaller"), "{too_large:?}");
+        assert!(too_large.request_too_large, "{too_large:?}");
     }
 
     #[test]

@@ -359,7 +359,6 @@ impl AppState {
             })
     }
 
-    /// A leaf's contents from whichever tier holds them: (bytes, content expired, tier).
     /// The checkpoint a proof is given with: with its witness cosignatures when witnesses are
     /// configured (one short scan; skipped otherwise to keep proofs at full speed).
     fn proof_checkpoint(
@@ -376,6 +375,7 @@ impl AppState {
         }
     }
 
+    /// A leaf's contents from whichever tier holds them: (bytes, content expired, tier).
     async fn leaf_contents(
         &self,
         log: &Log,
@@ -1217,22 +1217,21 @@ impl pb::log_server::Log for LogService {
         let size = cp.checkpoint.tree_size;
         let mut leaves = Vec::with_capacity(req.keys.len());
         // Every unknown key is counted so the answer says how many there are, not just the first.
-        let mut missing: Option<(usize, Status)> = None;
+        let mut missing: Option<(usize, String)> = None;
         let mut missing_count = 0;
         for (i, key) in req.keys.iter().enumerate() {
             match resolve_leaf(&log, key.key.as_ref(), size).await {
                 Ok(leaf) => leaves.push(leaf),
                 Err(KeyError::NotFound(m)) => {
                     missing_count += 1;
-                    missing.get_or_insert((i, Status::not_found(m)));
+                    missing.get_or_insert((i, m));
                 }
                 Err(other) => return Err(other.status(&format!("keys[{i}]: "))),
             }
         }
-        if let Some((i, status)) = missing {
+        if let Some((i, first)) = missing {
             return Err(Status::not_found(format!(
-                "keys[{i}]: {} ({missing_count} of {} keys not found)",
-                status.message(),
+                "keys[{i}]: {first} ({missing_count} of {} keys not found)",
                 req.keys.len()
             )));
         }

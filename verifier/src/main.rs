@@ -153,21 +153,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let proofs = InclusionProofFile::parse_all(&read_text(&file)?)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let batch = proofs.len() > 1;
-            let mut checked = (None, "leaf contents");
+            let mut verified = None;
+            let mut all_contents = true;
             for (i, p) in proofs.iter().enumerate() {
-                let (v, what) = verify_inclusion_file(p, &keys).map_err(|e| {
+                let (v, contents) = verify_inclusion_file(p, &keys).map_err(|e| {
                     if batch {
                         e.context(format!("proofs[{i}] (leaf {})", p.leaf_index))
                     } else {
                         e
                     }
                 })?;
-                if checked.0.is_none() || what != "leaf contents" {
-                    checked = (Some(v), what);
-                }
+                all_contents &= contents;
+                verified = Some(v);
             }
-            let (Some(v), what) = checked else {
-                unreachable!("parse_all returns at least one proof")
+            let v = verified.context("the file holds no proof")?;
+            let what = if all_contents {
+                "leaf contents"
+            } else {
+                "leaf hash (no contents in the proof)"
             };
             let checkpoint_note = proofs[0].checkpoint_note.clone();
             trust.check("proof checkpoint", checkpoint_note.as_bytes(), &given)?;
@@ -453,15 +456,13 @@ mod live_args {
 }
 
 /// Checks one inclusion proof against its checkpoint: from the leaf bytes when it has them,
-/// else from its leaf hash. Returns the verified checkpoint and what was checked.
+/// else from its leaf hash. Returns the verified checkpoint and whether the leaf bytes were
+/// checked (not just their hash).
 fn verify_inclusion_file(
     p: &InclusionProofFile,
     keys: &[VerifierKey],
-) -> anyhow::Result<(
-    auditledger_ledger::checkpoint::VerifiedCheckpoint,
-    &'static str,
-)> {
-    let (v, what) = if p.leaf.is_empty() {
+) -> anyhow::Result<(auditledger_ledger::checkpoint::VerifiedCheckpoint, bool)> {
+    let (v, contents) = if p.leaf.is_empty() {
         let hash: [u8; 32] = p
             .leaf_hash
             .as_deref()
@@ -474,7 +475,7 @@ fn verify_inclusion_file(
             p.checkpoint_note.as_bytes(),
             keys,
         )?;
-        (v, "leaf hash (no contents in the proof)")
+        (v, false)
     } else {
         if let Some(h) = &p.leaf_hash
             && h.as_slice() != auditledger_ledger::merkle::leaf_hash(&p.leaf)
@@ -491,7 +492,7 @@ fn verify_inclusion_file(
             p.checkpoint_note.as_bytes(),
             keys,
         )?;
-        (v, "leaf contents")
+        (v, true)
     };
     if p.tree_size != 0 && p.tree_size != v.checkpoint.tree_size {
         anyhow::bail!(
@@ -500,5 +501,5 @@ fn verify_inclusion_file(
             v.checkpoint.tree_size
         );
     }
-    Ok((v, what))
+    Ok((v, contents))
 }
