@@ -514,20 +514,8 @@ fn the_open_file_limit_is_checked_at_start() {
     );
 
     let mut child = serve_under_ulimit(&ledger, "ulimit -S -n 256");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.starts_with("auditledger listening on ") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let started = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    let (listening, _metrics) = common::announced_addresses(child.stdout.take().unwrap());
+    let started = listening.recv_timeout(Duration::from_secs(60)).is_ok();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe {

@@ -190,6 +190,25 @@ pub struct Server {
     pub metrics: Option<String>,
 }
 
+/// Reads a starting server's stdout on a thread: the gRPC URL it announces ("auditledger
+/// listening on …") and its metrics address ("auditledger metrics on http://…/metrics").
+pub fn announced_addresses(
+    stdout: std::process::ChildStdout,
+) -> (mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let (tx, rx) = mpsc::channel();
+    let (mtx, mrx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("auditledger listening on ") {
+                let _ = tx.send(addr.to_owned());
+            } else if let Some(m) = line.strip_prefix("auditledger metrics on http://") {
+                let _ = mtx.send(m.trim_end_matches("/metrics").to_owned());
+            }
+        }
+    });
+    (rx, mrx)
+}
+
 impl Server {
     pub fn start(ledger: &Ledger) -> Server {
         Self::start_with(
@@ -213,17 +232,7 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn serve");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let (mtx, mrx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("auditledger listening on ") {
-                    let _ = tx.send(addr.to_owned());
-                } else if let Some(m) = line.strip_prefix("auditledger metrics on http://") {
-                    let _ = mtx.send(m.trim_end_matches("/metrics").to_owned());
-                }
-            }
-        });
+        let (rx, mrx) = announced_addresses(stdout);
         // Keep the server's logs visible in test output on failure.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
