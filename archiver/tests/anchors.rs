@@ -13,7 +13,9 @@ use auditledger_archiver::{Archiver, ArchiverConfig, SegmentAnchor, TierStores, 
 use auditledger_ledger::segments::Tier;
 use auditledger_ledger::store::memory::MemoryStore;
 use auditledger_ledger::{Clock, Ledger, SystemClock};
-use auditledger_verifier::archive::{ArchiveOptions, ArchiveReport, verify_archive};
+use auditledger_verifier::archive::{
+    ArchiveOptions, ArchiveReport, verify_archive, verify_archives,
+};
 
 use common::tiers::{append, check_archive, file_stores, open_ledger, verifiers};
 
@@ -44,6 +46,23 @@ async fn verify(dir: &Path, allow_unanchored: bool) -> ArchiveReport {
         ..ArchiveOptions::default()
     };
     tokio::task::spawn_blocking(move || verify_archive(&url, &options))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Runs the offline verifier on several tiers as one archive.
+async fn verify_tiers(dirs: &[&Path]) -> ArchiveReport {
+    let urls: Vec<String> = dirs
+        .iter()
+        .map(|d| format!("file://{}", d.display()))
+        .collect();
+    let options = ArchiveOptions {
+        keys: verifiers(),
+        threads: Some(2),
+        ..ArchiveOptions::default()
+    };
+    tokio::task::spawn_blocking(move || verify_archives(&urls, &options))
         .await
         .unwrap()
         .unwrap()
@@ -312,6 +331,61 @@ async fn anchors_follow_segments_to_cold_through_expiry_and_are_backfilled() {
     assert!(report.is_ok(), "{:#?}", report.failures);
     assert_eq!(report.logs[0].first_leaf, 3 * SEGMENT);
     assert_eq!(report.logs[0].chained_from, cold_size);
+
+    // Both tiers as one archive: one log from leaf 0, the link between the tiers checked.
+    let both = verify_tiers(&[&cold, &warm]).await;
+    assert!(both.is_ok(), "{:#?}", both.failures);
+    assert_eq!(both.logs.len(), 1);
+    let log = &both.logs[0];
+    assert_eq!(
+        (log.segments, log.first_leaf, log.end_leaf, log.chained_from),
+        (5, 0, 5 * SEGMENT, 0)
+    );
+    // A segment caught in a move (copied to cold, not yet deleted from warm) is verified in
+    // both tiers and counted once.
+    let (_t, caught) = scratch(&cold, "caught");
+    for ext in ["parquet", "manifest", "anchor"] {
+        std::fs::copy(
+            segment_file(&warm, "acme", 3 * SEGMENT, ext),
+            segment_file(&caught, "acme", 3 * SEGMENT, ext),
+        )
+        .unwrap();
+    }
+    let both = verify_tiers(&[&caught, &warm]).await;
+    assert!(both.is_ok(), "{:#?}", both.failures);
+    assert_eq!(
+        (both.logs[0].segments, both.logs[0].leaves),
+        (5, 5 * SEGMENT)
+    );
+
+    // The cold tier of a fork (another ledger, same origin and key) beside this warm tier:
+    // each tier verifies on its own, but the link between them does not.
+    let fork_dir = tempfile::tempdir().unwrap();
+    let fork_stores = file_stores(fork_dir.path());
+    let fork = open_ledger(Arc::new(MemoryStore::new()), BITS);
+    append(&fork, "acme", 0, 3 * SEGMENT).await;
+    let fork_archiver = new_archiver(&fork, &fork_stores);
+    for tier in [Tier::Warm, Tier::Cold] {
+        let r = fork_archiver.move_down(tier, Duration::ZERO, now()).await;
+        assert!(r.failures.is_empty(), "{r:?}");
+    }
+    let fork_cold = fork_dir.path().join("cold");
+    assert!(verify(&fork_cold, false).await.is_ok());
+    let mixed = verify_tiers(&[&fork_cold, &warm]).await;
+    assert_failure(
+        &mixed,
+        &name(3, "anchor"),
+        "does not chain to the previous segment's anchor",
+    );
+    assert!(
+        mixed
+            .failures
+            .iter()
+            .all(|f| f.path.contains(&*warm.to_string_lossy())),
+        "only the link fails: {:#?}",
+        mixed.failures
+    );
+    fork.close().unwrap();
 
     // Ten years on, the warm segments go cold and every object is rewritten without
     // content; the anchors follow and still verify.

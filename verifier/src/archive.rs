@@ -139,9 +139,14 @@ struct Files {
     anchor: Option<String>,
 }
 
+/// Per log folder: the files of each (leaf range, tier index) found.
+type FoundFiles = BTreeMap<String, BTreeMap<((u64, u64), usize), Files>>;
+
 /// What one segment's verification found.
 #[derive(Debug)]
 struct Checked {
+    /// Index of the URL (tier) it was found in.
+    tier: usize,
     folder: String,
     start: u64,
     end: u64,
@@ -232,37 +237,35 @@ fn folder_of(origin: &str) -> Option<String> {
 
 /// Verifies every segment of the tier at `url`.
 pub fn verify_archive(url: &str, options: &ArchiveOptions) -> Result<ArchiveReport, ArchiveError> {
+    verify_archives(&[url.to_owned()], options)
+}
+
+/// Verifies several tiers (e.g. cold and warm) as one archive: every log's segments from all
+/// of them must be contiguous and form one anchor chain, so the link where one tier ends and
+/// the next begins is checked too. A range present in two tiers (a segment caught between
+/// the copy and the deletion of a move) is verified in both and counted once.
+pub fn verify_archives(
+    urls: &[String],
+    options: &ArchiveOptions,
+) -> Result<ArchiveReport, ArchiveError> {
     let started = Instant::now();
+    let joined = urls.join(" + ");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| ArchiveError::Runtime {
-            url: url.to_owned(),
+            url: joined.clone(),
             reason: format!("starting the I/O runtime: {e}"),
         })?;
-    let store = open_store(url, &options.store)?;
-    let listed: Vec<String> = runtime
-        .block_on(async {
-            store
-                .object_store()
-                .list(None)
-                .map_ok(|meta| meta.location.to_string())
-                .try_collect()
-                .await
-        })
-        .map_err(|e| ArchiveError::List {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
     let mut report = ArchiveReport {
-        url: url.to_owned(),
+        url: joined.clone(),
         ..ArchiveReport::default()
     };
     let wanted_folder = options.origin.as_deref().map(folder_of);
     if let Some(None) = wanted_folder {
         return Err(ArchiveError::Open {
-            url: url.to_owned(),
+            url: joined,
             reason: format!(
                 "--origin {:?} is not `<prefix>/<tenant>/<environment>`",
                 options.origin.as_deref().unwrap_or_default()
@@ -270,48 +273,84 @@ pub fn verify_archive(url: &str, options: &ArchiveOptions) -> Result<ArchiveRepo
         });
     }
     let wanted_folder = wanted_folder.flatten();
-    let mut logs: BTreeMap<String, BTreeMap<(u64, u64), Files>> = BTreeMap::new();
-    for path in listed {
-        let Some((folder, range, kind)) = classify(&path) else {
-            report
-                .notes
-                .push(format!("{path}: not a segment file; ignored"));
-            continue;
-        };
-        if wanted_folder.as_ref().is_some_and(|f| *f != folder) {
-            continue;
-        }
-        let files = logs.entry(folder).or_default().entry(range).or_default();
-        match kind {
-            "parquet" => {
-                files.objects.insert(path);
+    let mut stores = Vec::with_capacity(urls.len());
+    let mut empty = Vec::new();
+    let mut logs: FoundFiles = BTreeMap::new();
+    for (tier, url) in urls.iter().enumerate() {
+        let store = open_store(url, &options.store)?;
+        let listed: Vec<String> = runtime
+            .block_on(async {
+                store
+                    .object_store()
+                    .list(None)
+                    .map_ok(|meta| meta.location.to_string())
+                    .try_collect()
+                    .await
+            })
+            .map_err(|e| ArchiveError::List {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut found = false;
+        for path in listed {
+            let Some((folder, range, kind)) = classify(&path) else {
+                report.notes.push(format!(
+                    "{}: not a segment file; ignored",
+                    tier_path(urls, tier, &path)
+                ));
+                continue;
+            };
+            if wanted_folder.as_ref().is_some_and(|f| *f != folder) {
+                continue;
             }
-            "manifest" => {
-                files.manifests.insert(path);
+            found = true;
+            let files = logs
+                .entry(folder)
+                .or_default()
+                .entry((range, tier))
+                .or_default();
+            match kind {
+                "parquet" => {
+                    files.objects.insert(path);
+                }
+                "manifest" => {
+                    files.manifests.insert(path);
+                }
+                _ => files.anchor = Some(path),
             }
-            _ => files.anchor = Some(path),
         }
+        if !found {
+            empty.push(url);
+        }
+        stores.push(store);
     }
+    let nothing = match &wanted_folder {
+        Some(f) => format!("no segment found under {f}/segments/"),
+        None => "no segment found (expected <tenant>/<environment>/segments/…)".into(),
+    };
     if logs.is_empty() {
-        report.failures.push(Failure {
-            origin: options.origin.clone().unwrap_or_default(),
-            range: None,
-            path: url.to_owned(),
-            reason: match &wanted_folder {
-                Some(f) => format!("no segment found under {f}/segments/"),
-                None => "no segment found (expected <tenant>/<environment>/segments/…)".into(),
-            },
-        });
+        for url in empty {
+            report.failures.push(Failure {
+                origin: options.origin.clone().unwrap_or_default(),
+                range: None,
+                path: url.to_owned(),
+                reason: nothing.clone(),
+            });
+        }
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
+    // A tier may be empty while the others hold the log (everything moved on, or not yet).
+    for url in empty {
+        report.notes.push(format!("{url}: {nothing}"));
+    }
 
-    let work: Vec<(String, (u64, u64), Files)> = logs
+    let work: Vec<(String, (u64, u64), usize, Files)> = logs
         .into_iter()
         .flat_map(|(folder, ranges)| {
             ranges
                 .into_iter()
-                .map(move |(range, files)| (folder.clone(), range, files))
+                .map(move |((range, tier), files)| (folder.clone(), range, tier, files))
         })
         .collect();
     let bar = if options.progress && std::io::stderr().is_terminal() {
@@ -333,16 +372,16 @@ pub fn verify_archive(url: &str, options: &ArchiveOptions) -> Result<ArchiveRepo
         .num_threads(threads)
         .build()
         .map_err(|e| ArchiveError::Runtime {
-            url: url.to_owned(),
+            url: joined.clone(),
             reason: format!("starting {threads} worker threads: {e}"),
         })?;
     let handle = runtime.handle().clone();
-    let store = Arc::new(store);
+    let stores = Arc::new(stores);
     let checked: Vec<Checked> = pool.install(|| {
         work.into_par_iter()
-            .map(|(folder, (start, end), files)| {
-                let result = handle.block_on(check_segment(
-                    &store,
+            .map(|(folder, (start, end), tier, files)| {
+                let mut result = handle.block_on(check_segment(
+                    &stores[tier],
                     &options.keys,
                     options.origin.as_deref(),
                     &folder,
@@ -350,6 +389,12 @@ pub fn verify_archive(url: &str, options: &ArchiveOptions) -> Result<ArchiveRepo
                     end,
                     &files,
                 ));
+                result.tier = tier;
+                if urls.len() > 1 {
+                    for f in &mut result.failures {
+                        f.path = tier_path(urls, tier, &f.path);
+                    }
+                }
                 bar.inc(1);
                 result
             })
@@ -362,21 +407,31 @@ pub fn verify_archive(url: &str, options: &ArchiveOptions) -> Result<ArchiveRepo
         by_folder.entry(c.folder.clone()).or_default().push(c);
     }
     for (folder, segments) in by_folder {
-        let log = check_log(&folder, segments, options, &mut report);
+        let log = check_log(&folder, segments, urls, options, &mut report);
         report.logs.push(log);
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
+/// A path as named in failures: prefixed with its tier's URL when several are verified.
+fn tier_path(urls: &[String], tier: usize, path: &str) -> String {
+    if urls.len() > 1 {
+        format!("{}: {path}", urls[tier])
+    } else {
+        path.to_owned()
+    }
+}
+
 /// Joins the per-segment results of one log: one origin, contiguous ranges, the anchor chain.
 fn check_log(
     folder: &str,
     mut segments: Vec<Checked>,
+    urls: &[String],
     options: &ArchiveOptions,
     report: &mut ArchiveReport,
 ) -> LogReport {
-    segments.sort_by_key(|c| (c.start, c.end));
+    segments.sort_by_key(|c| (c.start, c.end, c.tier));
     // The log's origin: the one required, else the most common among the manifests.
     let origin = options.origin.clone().unwrap_or_else(|| {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -396,18 +451,60 @@ fn check_log(
         first_leaf: segments.first().map_or(0, |c| c.start),
         ..LogReport::default()
     };
-    let path_of =
-        |start: u64, end: u64, ext: &str| format!("{folder}/segments/{start}-{end}.{ext}");
+    let path_of = |c: &Checked, ext: &str| {
+        tier_path(
+            urls,
+            c.tier,
+            &format!("{folder}/segments/{}-{}.{ext}", c.start, c.end),
+        )
+    };
     let mut previous: Option<&Checked> = None;
+    // The segment before `previous`: a copy of `previous`'s range in another tier chains to it.
+    let mut before_previous: Option<&Checked> = None;
     for c in &segments {
         let fail = |reason: String| Failure {
             origin: origin.clone(),
             range: Some((c.start, c.end)),
-            path: path_of(c.start, c.end, "parquet"),
+            path: path_of(c, "parquet"),
             reason,
         };
         report.failures.extend(c.failures.iter().cloned());
         report.notes.extend(c.notes.iter().cloned());
+        if let Some(p) = previous
+            && (p.start, p.end) == (c.start, c.end)
+            && p.tier != c.tier
+        {
+            // The same range in another tier: its origin and chain must hold as well.
+            if let Some(o) = &c.origin
+                && *o != origin
+            {
+                report.failures.push(fail(format!(
+                    "the segment belongs to origin {o:?}, the other segments of {folder} to {origin:?} (mixed in from another log?)"
+                )));
+            }
+            if let (Some(anchor), Some(prev)) = (
+                &c.anchor,
+                before_previous.and_then(|b| b.anchor.as_ref().filter(|_| b.end == c.start)),
+            ) && let Err(e) = anchor.verify_chain(prev)
+            {
+                report.failures.push(Failure {
+                    path: path_of(c, "anchor"),
+                    ..fail(format!(
+                        "does not chain to the previous segment's anchor: {e}"
+                    ))
+                });
+            }
+            if c.anchor.is_none() && c.failures.is_empty() && !options.allow_unanchored {
+                report.failures.push(Failure {
+                    path: path_of(c, "anchor"),
+                    ..fail(
+                        "no anchor: nothing links this copy of the segment to a signed checkpoint"
+                            .into(),
+                    )
+                });
+            }
+            continue;
+        }
         if let Some(o) = &c.origin
             && *o != origin
         {
@@ -437,7 +534,7 @@ fn check_log(
             (Some(anchor), Some(prev)) if previous.is_some_and(|p| p.end == c.start) => {
                 if let Err(e) = anchor.verify_chain(prev) {
                     report.failures.push(Failure {
-                        path: path_of(c.start, c.end, "anchor"),
+                        path: path_of(c, "anchor"),
                         ..fail(format!(
                             "does not chain to the previous segment's anchor: {e}"
                         ))
@@ -454,7 +551,7 @@ fn check_log(
                 log.unanchored += 1;
             } else {
                 report.failures.push(Failure {
-                    path: path_of(c.start, c.end, "anchor"),
+                    path: path_of(c, "anchor"),
                     ..fail(
                         "no anchor: nothing links this segment to a signed checkpoint \
                          (archived before anchors? run the archiver to write them, or pass \
@@ -478,6 +575,7 @@ fn check_log(
         log.leaves += c.end - c.start;
         log.expired_leaves += c.expired_leaves;
         log.end_leaf = log.end_leaf.max(c.end);
+        before_previous = previous;
         previous = Some(c);
     }
     log
@@ -494,6 +592,7 @@ async fn check_segment(
     files: &Files,
 ) -> Checked {
     let mut out = Checked {
+        tier: 0,
         folder: folder.to_owned(),
         start,
         end,
@@ -693,8 +792,10 @@ async fn get(store: &SegmentStore, path: &str) -> Result<Bytes, StoreError> {
 pub struct ArchiveArgs {
     /// The tier: a directory, `file:///abs/path`, or `s3://bucket/prefix` (endpoint and
     /// credentials from AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-    /// AWS_ALLOW_HTTP).
-    pub url: String,
+    /// AWS_ALLOW_HTTP). Give several (e.g. the cold and the warm tier) to verify them as one
+    /// archive, including the anchor link where one tier ends and the next begins.
+    #[arg(required = true, num_args = 1..)]
+    pub urls: Vec<String>,
     /// Trusted verifier key `name+hexid+base64`; repeat for several (any one suffices).
     #[arg(long = "key", required = true)]
     pub keys: Vec<String>,
@@ -727,7 +828,7 @@ impl ArchiveArgs {
             progress: true,
             store: StoreOptions::default(),
         };
-        let report = verify_archive(&self.url, &options)?;
+        let report = verify_archives(&self.urls, &options)?;
         for note in &report.notes {
             eprintln!("note: {note}");
         }

@@ -162,6 +162,31 @@ fn a_good_tier_verifies_with_a_summary() {
     let url = format!("file://{}", tier.display());
     let (ok, stdout, stderr) = verify(&url, &["--origin", ORIGIN]);
     assert!(ok, "{stdout}\n{stderr}");
+
+    // The same log split over two tiers: the later one alone names its unchecked link, both
+    // together verify as the whole log.
+    let later = dir.path().join("later");
+    std::fs::create_dir_all(later.join("acme/prod/segments")).unwrap();
+    for k in 2..4 {
+        for ext in ["parquet", "manifest", "anchor"] {
+            std::fs::rename(segment_file(&tier, k, ext), segment_file(&later, k, ext)).unwrap();
+        }
+    }
+    let (ok, stdout, stderr) = verify(later.to_str().unwrap(), &[]);
+    assert!(
+        ok && stdout.contains("in another tier"),
+        "{stdout}\n{stderr}"
+    );
+    let (ok, stdout, stderr) = verify(tier.to_str().unwrap(), &[later.to_str().unwrap()]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "OK: {ORIGIN} (acme/prod): 4 segment(s), leaves [0, {}), {} leaves (0 expired)",
+            4 * SEGMENT,
+            4 * SEGMENT
+        )) && !stdout.contains("in another tier"),
+        "{stdout}"
+    );
 }
 
 #[test]
