@@ -623,7 +623,7 @@ impl AppState {
                     &format!("{}/{}", e.tenant_id, e.environment),
                     &reason,
                 );
-                return Err(Status::permission_denied(reason));
+                return Err(status::event_denied(i, reason));
             }
         }
         let mut per_tenant: HashMap<&str, (u64, u64)> = HashMap::new();
@@ -817,26 +817,11 @@ fn error_response(status: &Status) -> pb::AppendResponse {
 
 /// The request's error as an in-stream `AppendError`.
 fn append_error(status: &Status) -> pb::AppendError {
-    // Messages of invalid events start with "event N: field `F`: …".
-    let message = status.message();
-    let (event_index, field) = message
-        .strip_prefix("event ")
-        .and_then(|rest| {
-            let (n, rest) = rest.split_once(':')?;
-            let index: u32 = n.parse().ok()?;
-            let field = rest
-                .trim_start()
-                .strip_prefix("field `")
-                .and_then(|f| f.split_once('`'))
-                .map(|(f, _)| f.to_owned())
-                .unwrap_or_default();
-            Some((Some(index), field))
-        })
-        .unwrap_or((None, String::new()));
+    let (event_index, field) = status::event_blame(status);
     let (retry_after_ms, request_exceeds_quota) = status::retry_hint(status);
     pb::AppendError {
         code: status.code() as i32,
-        message: message.to_owned(),
+        message: status.message().to_owned(),
         event_index,
         field,
         retry_after_ms,

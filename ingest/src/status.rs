@@ -8,7 +8,13 @@ use tonic::{Code, Status};
 use crate::auth::AuthError;
 use crate::quotas::QuotaExceeded;
 
-/// Maps a ledger error to the status a client can act on.
+/// Metadata key: index of the event at fault in the request.
+pub const EVENT_INDEX: &str = "event-index";
+/// Metadata key: the field of that event at fault.
+pub const EVENT_FIELD: &str = "event-field";
+
+/// Maps a ledger error to the status a client can act on; an invalid event's index and field
+/// also go in metadata (and from there into an in-stream `AppendError`).
 pub fn from_ledger(err: LedgerError) -> Status {
     let code = match &err {
         LedgerError::InvalidEvent { .. } | LedgerError::InvalidArgument(_) => Code::InvalidArgument,
@@ -21,7 +27,42 @@ pub fn from_ledger(err: LedgerError) -> Status {
         LedgerError::Store(StoreError::Corruption(_)) | LedgerError::Corrupt(_) => Code::DataLoss,
         _ => Code::Internal,
     };
-    Status::new(code, err.to_string())
+    let mut status = Status::new(code, err.to_string());
+    if let LedgerError::InvalidEvent {
+        event_index, field, ..
+    } = &err
+    {
+        let metadata = status.metadata_mut();
+        metadata.insert(EVENT_INDEX, (*event_index as u64).into());
+        if let Ok(field) = MetadataValue::try_from(*field) {
+            metadata.insert(EVENT_FIELD, field);
+        }
+    }
+    status
+}
+
+/// PERMISSION_DENIED for one event of a request (its index in metadata, as [`from_ledger`]).
+pub fn event_denied(event_index: usize, message: String) -> Status {
+    let mut status = Status::permission_denied(message);
+    status
+        .metadata_mut()
+        .insert(EVENT_INDEX, (event_index as u64).into());
+    status
+}
+
+/// The event a status blames, from its metadata: (index, field; empty when not known).
+pub fn event_blame(status: &Status) -> (Option<u32>, String) {
+    let metadata = status.metadata();
+    let index = metadata
+        .get(EVENT_INDEX)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let field = metadata
+        .get(EVENT_FIELD)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (index, field)
 }
 
 pub fn from_auth(err: &AuthError) -> Status {
@@ -77,6 +118,15 @@ mod tests {
         let s = from_ledger(invalid);
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("event 3") && s.message().contains("event_id"));
+        assert_eq!(event_blame(&s), (Some(3), "event_id".to_string()));
+        let denied = event_denied(7, "event 7: not your tenant".into());
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        assert_eq!(event_blame(&denied), (Some(7), String::new()));
+        // Wording alone blames nothing.
+        assert_eq!(
+            event_blame(&Status::invalid_argument("event 2: field `x`: bad")),
+            (None, String::new())
+        );
         assert_eq!(
             from_ledger(LedgerError::Store(StoreError::NoSpace("disk".into()))).code(),
             Code::Unavailable

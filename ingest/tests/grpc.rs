@@ -713,6 +713,13 @@ fn bad_inputs_get_clear_errors_and_nothing_is_appended() {
                     "{name} names the event: {}",
                     err.message()
                 );
+                // And says so as data: `field `F`` in the message is `event-field: F`.
+                let field = needle.trim_start_matches("field `").trim_end_matches('`');
+                assert_eq!(err.metadata().get("event-index").unwrap(), "1", "{name}");
+                assert_eq!(err.metadata().get("event-field").unwrap(), field, "{name}");
+            }
+            if code == Code::PermissionDenied {
+                assert_eq!(err.metadata().get("event-index").unwrap(), "1", "{name}");
             }
         }
         let too_many: Vec<_> = (0..51).map(|i| event("acme", "prod", 100 + i)).collect();
