@@ -287,6 +287,16 @@ impl SegmentStore {
         &self.store
     }
 
+    /// The path of every object in the store (one listing, not retried).
+    pub async fn list_paths(&self) -> Result<Vec<String>, object_store::Error> {
+        use futures_util::TryStreamExt as _;
+        self.store
+            .list(None)
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+    }
+
     fn failed(
         &self,
         op: &'static str,

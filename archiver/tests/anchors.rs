@@ -13,9 +13,7 @@ use auditledger_archiver::{Archiver, ArchiverConfig, SegmentAnchor, TierStores, 
 use auditledger_ledger::segments::Tier;
 use auditledger_ledger::store::memory::MemoryStore;
 use auditledger_ledger::{Clock, Ledger, SystemClock};
-use auditledger_verifier::archive::{
-    ArchiveOptions, ArchiveReport, verify_archive, verify_archives,
-};
+use auditledger_verifier::archive::{ArchiveOptions, ArchiveReport, verify_archives};
 
 use common::tiers::{append, check_archive, file_stores, open_ledger, verifiers};
 
@@ -38,27 +36,22 @@ fn new_archiver(ledger: &Arc<Ledger>, stores: &TierStores) -> Archiver {
 
 /// Runs the offline verifier on a directory (off the async runtime: it has its own).
 async fn verify(dir: &Path, allow_unanchored: bool) -> ArchiveReport {
-    let url = format!("file://{}", dir.display());
-    let options = ArchiveOptions {
-        keys: verifiers(),
-        allow_unanchored,
-        threads: Some(2),
-        ..ArchiveOptions::default()
-    };
-    tokio::task::spawn_blocking(move || verify_archive(&url, &options))
-        .await
-        .unwrap()
-        .unwrap()
+    run_verifier(&[dir], allow_unanchored).await
 }
 
 /// Runs the offline verifier on several tiers as one archive.
 async fn verify_tiers(dirs: &[&Path]) -> ArchiveReport {
+    run_verifier(dirs, false).await
+}
+
+async fn run_verifier(dirs: &[&Path], allow_unanchored: bool) -> ArchiveReport {
     let urls: Vec<String> = dirs
         .iter()
         .map(|d| format!("file://{}", d.display()))
         .collect();
     let options = ArchiveOptions {
         keys: verifiers(),
+        allow_unanchored,
         threads: Some(2),
         ..ArchiveOptions::default()
     };

@@ -31,7 +31,6 @@ use auditledger_archiver::segment::{SegmentId, SegmentReader};
 use auditledger_archiver::store::{SegmentStore, StoreError, StoreOptions, manifest_path_for};
 use auditledger_ledger::note::VerifierKey;
 use bytes::Bytes;
-use futures_util::TryStreamExt as _;
 use object_store::path::Path;
 use rayon::prelude::*;
 
@@ -278,15 +277,8 @@ pub fn verify_archives(
     let mut logs: FoundFiles = BTreeMap::new();
     for (tier, url) in urls.iter().enumerate() {
         let store = open_store(url, &options.store)?;
-        let listed: Vec<String> = runtime
-            .block_on(async {
-                store
-                    .object_store()
-                    .list(None)
-                    .map_ok(|meta| meta.location.to_string())
-                    .try_collect()
-                    .await
-            })
+        let listed = runtime
+            .block_on(store.list_paths())
             .map_err(|e| ArchiveError::List {
                 url: url.to_owned(),
                 reason: e.to_string(),

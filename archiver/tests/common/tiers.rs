@@ -17,7 +17,6 @@ use auditledger_ledger::segments::Tier;
 use auditledger_ledger::store::Store;
 use auditledger_ledger::{Ledger, LedgerOptions, fsck};
 use auditledger_tests::tool_call;
-use futures_util::TryStreamExt;
 use object_store::path::Path;
 
 /// The key the crash child signs with too (`src/bin/archive_crash_child.rs`).
@@ -75,13 +74,7 @@ pub fn file_stores(dir: &std::path::Path) -> TierStores {
 }
 
 pub async fn list(store: &SegmentStore) -> BTreeSet<String> {
-    store
-        .object_store()
-        .list(None)
-        .map_ok(|meta| meta.location.to_string())
-        .try_collect()
-        .await
-        .unwrap()
+    store.list_paths().await.unwrap().into_iter().collect()
 }
 
 /// What one log's archive looks like, for assertions.

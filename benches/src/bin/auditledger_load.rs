@@ -337,6 +337,17 @@ impl ProofSink {
     }
 }
 
+/// A proof of realistic size for `leaf_index` (no checkpoint, no contents).
+fn canned_proof(leaf_index: u64) -> pb::InclusionProof {
+    pb::InclusionProof {
+        leaf_index,
+        tree_size: SINK_TREE_SIZE,
+        hashes: vec![vec![3u8; 32]; 22],
+        leaf_hash: vec![5u8; 32],
+        ..Default::default()
+    }
+}
+
 #[tonic::async_trait]
 impl pb::log_server::Log for ProofSink {
     async fn get_checkpoint(
@@ -359,13 +370,8 @@ impl pb::log_server::Log for ProofSink {
             }
         };
         Ok(Response::new(pb::InclusionProof {
-            leaf_index,
-            tree_size: SINK_TREE_SIZE,
-            hashes: vec![vec![3u8; 32]; 22],
-            leaf: Vec::new(),
             checkpoint: Some(self.checkpoint()),
-            leaf_hash: vec![5u8; 32],
-            ..Default::default()
+            ..canned_proof(leaf_index)
         }))
     }
 
@@ -380,13 +386,7 @@ impl pb::log_server::Log for ProofSink {
                     "the sink answers by leaf_index only",
                 ));
             };
-            proofs.push(pb::InclusionProof {
-                leaf_index,
-                tree_size: SINK_TREE_SIZE,
-                hashes: vec![vec![3u8; 32]; 22],
-                leaf_hash: vec![5u8; 32],
-                ..Default::default()
-            });
+            proofs.push(canned_proof(leaf_index));
         }
         Ok(Response::new(pb::GetInclusionProofsResponse {
             checkpoint: Some(self.checkpoint()),
