@@ -147,7 +147,7 @@ pub fn render(ledger: &Ledger, server: &ServerMetrics) -> String {
     histogram(
         &mut out,
         "auditledger_fsync_seconds",
-        "Duration of the synced group-commit write.",
+        "Duration of each group-commit WAL sync.",
         &m.write_latency,
     );
     histogram(

@@ -816,59 +816,93 @@ fn load_logs(store: &dyn Store) -> Result<(Vec<Arc<LogInfo>>, LogId), LedgerErro
     if let Some(b) = bad {
         return Err(LedgerError::Corrupt(b));
     }
-    let next_log_id = match store.get(Space::Meta, layout::META_NEXT_LOG_ID)? {
-        Some(v) => layout::decode_u32(&v)
-            .ok_or_else(|| LedgerError::Corrupt("next_log_id is not 4 bytes".into()))?,
-        None => 0,
-    };
+    let next_log_id = stored_next_log_id(store)?;
     let mut logs = Vec::new();
     for (log_id, record) in records {
         if log_id >= next_log_id {
             return Err(LedgerError::Corrupt(format!(
-                "log id {log_id} is not below next_log_id {next_log_id}"
+                "log {log_id} is not below next_log_id {next_log_id}"
             )));
         }
-        let state = match store.get(Space::Meta, &layout::meta_state_key(log_id))? {
-            Some(v) => LogState::decode(&v)
-                .ok_or_else(|| LedgerError::Corrupt(format!("log {log_id}: malformed state")))?,
-            None => LogState::default(),
-        };
-        if store
-            .get(Space::Leaves, &layout::leaf_key(log_id, state.tree_size))?
-            .is_some()
-        {
-            return Err(LedgerError::Corrupt(format!(
-                "log {}: a leaf exists at index {} beyond the recorded tree size",
-                record.origin, state.tree_size
-            )));
-        }
-        let latest = latest_stored_checkpoint(store, log_id)?;
-        if let Some(cp) = &latest
-            && cp.checkpoint.tree_size > state.tree_size
-        {
-            return Err(LedgerError::Corrupt(format!(
-                "log {}: checkpoint of size {} is beyond the tree size {}",
-                record.origin, cp.checkpoint.tree_size, state.tree_size
-            )));
-        }
-        let key = LogKey::new(record.tenant_id.clone(), record.environment.clone());
-        let edge = TileEdge::load(store, log_id, state.tree_size)?.snapshot();
-        let watermark = crate::indexer::load_watermark(store, log_id)?;
-        if watermark > state.tree_size {
-            return Err(LedgerError::Corrupt(format!(
-                "log {}: leaf-hash index watermark {watermark} is beyond the tree size {}",
-                record.origin, state.tree_size
-            )));
-        }
-        // After a crash the unsynced tail of the index may be gone: rebuild it now.
-        let indexed = crate::indexer::catch_up(store, log_id, watermark, state.tree_size)?;
-        index_fields_of_old_log(store, log_id, &record.origin, state.tree_size)?;
-        let info = LogInfo::new(log_id, key, record, latest, edge);
-        info.indexed.send_replace(indexed);
-        info.durable_size.store(state.tree_size, Ordering::Release);
-        logs.push(Arc::new(info));
+        logs.push(load_log(store, log_id, record)?);
     }
     Ok((logs, next_log_id))
+}
+
+/// The id the next new log gets, as stored.
+pub(crate) fn stored_next_log_id(store: &dyn Store) -> Result<LogId, LedgerError> {
+    match store.get(Space::Meta, layout::META_NEXT_LOG_ID)? {
+        Some(v) => layout::decode_u32(&v)
+            .ok_or_else(|| LedgerError::Corrupt("next_log_id is not 4 bytes".into())),
+        None => Ok(0),
+    }
+}
+
+/// The log registered under `origin`, loaded as [`load_log`] does, if the store has one.
+pub(crate) fn load_log_by_origin(
+    store: &dyn Store,
+    origin: &str,
+) -> Result<Option<Arc<LogInfo>>, LedgerError> {
+    let Some(value) = store.get(Space::Meta, &layout::meta_origin_key(origin))? else {
+        return Ok(None);
+    };
+    let log_id = layout::decode_u32(&value)
+        .ok_or_else(|| LedgerError::Corrupt(format!("{origin}: log id is not 4 bytes")))?;
+    let record = store
+        .get(Space::Meta, &layout::meta_log_key(log_id))?
+        .and_then(|v| LogRecord::decode(&v))
+        .ok_or_else(|| {
+            LedgerError::Corrupt(format!("{origin}: log {log_id} has no valid log record"))
+        })?;
+    load_log(store, log_id, record).map(Some)
+}
+
+/// Loads one registered log: its state, right edge and latest checkpoint, checked against
+/// each other, with the leaf-hash and search indexes caught up to its size.
+fn load_log(
+    store: &dyn Store,
+    log_id: LogId,
+    record: LogRecord,
+) -> Result<Arc<LogInfo>, LedgerError> {
+    let state = match store.get(Space::Meta, &layout::meta_state_key(log_id))? {
+        Some(v) => LogState::decode(&v)
+            .ok_or_else(|| LedgerError::Corrupt(format!("log {log_id}: malformed state")))?,
+        None => LogState::default(),
+    };
+    if store
+        .get(Space::Leaves, &layout::leaf_key(log_id, state.tree_size))?
+        .is_some()
+    {
+        return Err(LedgerError::Corrupt(format!(
+            "log {}: a leaf exists at index {} beyond the recorded tree size",
+            record.origin, state.tree_size
+        )));
+    }
+    let latest = latest_stored_checkpoint(store, log_id)?;
+    if let Some(cp) = &latest
+        && cp.checkpoint.tree_size > state.tree_size
+    {
+        return Err(LedgerError::Corrupt(format!(
+            "log {}: checkpoint of size {} is beyond the tree size {}",
+            record.origin, cp.checkpoint.tree_size, state.tree_size
+        )));
+    }
+    let key = LogKey::new(record.tenant_id.clone(), record.environment.clone());
+    let edge = TileEdge::load(store, log_id, state.tree_size)?.snapshot();
+    let watermark = crate::indexer::load_watermark(store, log_id)?;
+    if watermark > state.tree_size {
+        return Err(LedgerError::Corrupt(format!(
+            "log {}: leaf-hash index watermark {watermark} is beyond the tree size {}",
+            record.origin, state.tree_size
+        )));
+    }
+    // After a crash the unsynced tail of the index may be gone: rebuild it now.
+    let indexed = crate::indexer::catch_up(store, log_id, watermark, state.tree_size)?;
+    index_fields_of_old_log(store, log_id, &record.origin, state.tree_size)?;
+    let info = LogInfo::new(log_id, key, record, latest, edge);
+    info.indexed.send_replace(indexed);
+    info.durable_size.store(state.tree_size, Ordering::Release);
+    Ok(Arc::new(info))
 }
 
 /// Gives a log of a data directory from before the search indexes its [`Space::Fields`]
@@ -1359,12 +1393,14 @@ impl Log {
         Ok(out)
     }
 
-    /// Leaf index of an event id.
+    /// Leaf index of an event id, within the published tree (an event written but not yet
+    /// durable is not found).
     pub fn find_event(&self, event_id: &EventId) -> Result<Option<u64>, LedgerError> {
-        self.index_lookup(
+        let index = self.index_lookup(
             Space::EventIds,
             &layout::event_id_key(self.info.log_id, &event_id.0),
-        )
+        )?;
+        Ok(index.filter(|&i| i < self.tree_size()))
     }
 
     /// Leaf index of a leaf hash. Waits (up to 5 s) for the asynchronous leaf-hash index to

@@ -1,23 +1,32 @@
 //! Group commit: every pending append request (from all streams and connections) is turned
-//! into a single `WriteBatch` — leaves, event-id and search-index entries, completed tiles and
-//! log state — written with a synced WAL. Receipts go out only after that write returns, so an
-//! acknowledged event is durable; a failed write acknowledges nothing.
+//! into a single `WriteBatch` — leaves, event-id entries, completed tiles and log state —
+//! written to the WAL and then synced. Receipts go out only after the sync returns, so an
+//! acknowledged event is durable; a failed write or sync acknowledges nothing.
 //!
-//! Two threads form a pipeline. The sequencer (this module's [`Sequencer`]) assigns leaf
-//! indexes, hashes leaves and tiles and builds the batch of each group as its requests arrive,
-//! while the committer thread writes and syncs: building and writing each take a large share
-//! of a commit, and overlapping them is what keeps ingest from waiting on either. Groups built
-//! while a write is in progress queue up (bounded by `max_commit_bytes`); the committer then
-//! writes all of them as one synced batch, so a busy disk means larger commits, not more of
-//! them. Batches are written strictly in the order they were built, so the store never holds a
-//! group without every group before it.
+//! Three threads form a pipeline. The sequencer (this module's [`Sequencer`]) assigns leaf
+//! indexes, hashes leaves and tiles and builds the batch of each group as its requests arrive.
+//! The writer writes built groups to the store, unsynced (WAL write and memtable inserts: CPU).
+//! The syncer syncs the WAL (the disk) and then publishes the groups written before that sync
+//! and answers their requests. Each stage takes a large share of a commit, and overlapping them
+//! is what keeps ingest from waiting on any one: while the disk syncs one commit, the writer
+//! inserts the next and the sequencer builds the one after. Groups built while a write is in
+//! progress queue up (bounded by `max_commit_bytes`) and are written as one batch, and one sync
+//! covers every batch written before it, so a busy disk means larger commits, not more of them.
+//! Batches are written strictly in the order they were built, so the store (and the WAL, which
+//! a crash cuts at some point) never holds a group without every group before it.
 //!
-//! A group is built on top of groups that are not yet durable. When a write fails, the
-//! committer fails that group and every group built after it (they assumed it), without
-//! writing them; the sequencer then rolls its in-memory view back to what it was before the
-//! failed group, confirms it against the store, and continues in a new epoch. Event ids of
-//! groups in flight are kept in memory so that a duplicate arriving before its first copy is
-//! durable is still recognised.
+//! Written but not yet synced groups are readable in the store before they are published.
+//! Nothing reads them: readers stay within the published tree size, and the sequencer's
+//! duplicate check looks at its in-flight event ids first.
+//!
+//! A group is built on top of groups that are not yet durable. When a write fails, the writer
+//! refuses that group and every group built after it (they assumed it), without writing them;
+//! when a sync fails, the syncer refuses every group written before it, and the writer refuses
+//! the rest of their epoch. The sequencer then rolls its in-memory view back to what it was
+//! before the failed group, confirms it against the store (which may hold groups whose sync
+//! failed: refused, yet present — the same ambiguity as a crash between write and answer), and
+//! continues in a new epoch. Event ids of groups in flight are kept in memory so that a
+//! duplicate arriving before its first copy is durable is still recognised.
 //!
 //! Sequencing and integration happen in the same batch: tile hashing costs about one BLAKE3
 //! compression per leaf, far less than the fsync, and keeping them together means every tree
@@ -73,7 +82,7 @@ struct Reply {
 }
 
 /// The events of one group, shared by the sequencer (duplicate checks against groups in
-/// flight) and the committer (receipts).
+/// flight) and the syncer (receipts).
 type GroupEvents = Arc<Vec<Vec<PreparedEvent>>>;
 
 /// The sequencer's private view of a log.
@@ -103,7 +112,7 @@ struct NewLeaf {
     receipt: usize,
 }
 
-/// What the sequencer remembers of a group it handed to the committer, to forget its event
+/// What the sequencer remembers of a group it handed to the writer, to forget its event
 /// ids once durable or to roll back over it if the write fails.
 struct InFlight {
     seq: u64,
@@ -128,7 +137,7 @@ struct Built {
     index_jobs: Vec<IndexJob>,
 }
 
-/// The committer's report on one group.
+/// The syncer's report on one group.
 struct Done {
     seq: u64,
     written: bool,
@@ -138,11 +147,12 @@ pub(crate) struct Sequencer {
     shared: Arc<Shared>,
     logs: HashMap<LogKey, SeqLog>,
     next_log_id: LogId,
-    /// Built groups on their way to the committer.
+    /// Built groups on their way to the writer.
     handoff: Arc<HandOff>,
     done: std_mpsc::Receiver<Done>,
-    committer: Option<std::thread::JoinHandle<()>>,
-    /// Groups handed to the committer and not yet reported, oldest first.
+    /// The writer and syncer threads.
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Groups handed to the writer and not yet reported, oldest first.
     outstanding: VecDeque<InFlight>,
     /// Event ids of the outstanding groups: not yet in the store, so duplicate checks look here.
     pending: HashMap<(LogId, [u8; 16]), PendingLeaf>,
@@ -175,25 +185,42 @@ impl Sequencer {
         }
         let handoff = Arc::new(HandOff::new(shared.options.max_commit_bytes));
         let (done_tx, done_rx) = std_mpsc::channel();
-        let committer = Committer {
+        let written = Arc::new(Written::new());
+        let syncer = Syncer {
             shared: shared.clone(),
             index_tx,
             done: done_tx,
+            written: written.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name("auditledger-commit".into())
+        let writer = Writer {
+            shared: shared.clone(),
+            written: written.clone(),
+        };
+        let spawn_failed = |e: std::io::Error| {
+            LedgerError::Unavailable(format!("starting the group commit threads: {e}"))
+        };
+        let syncer = std::thread::Builder::new()
+            .name("auditledger-sync".into())
+            .spawn(move || syncer.run())
+            .map_err(spawn_failed)?;
+        let writer = std::thread::Builder::new()
+            .name("auditledger-write".into())
             .spawn({
                 let handoff = handoff.clone();
-                move || committer.run(&handoff)
+                move || writer.run(&handoff)
             })
-            .map_err(|e| LedgerError::Unavailable(format!("starting committer thread: {e}")))?;
+            .map_err(|e| {
+                // Without a writer the syncer would wait forever.
+                written.close();
+                spawn_failed(e)
+            })?;
         Ok(Sequencer {
             shared,
             logs,
             next_log_id,
             handoff,
             done: done_rx,
-            committer: Some(handle),
+            threads: vec![writer, syncer],
             outstanding: VecDeque::new(),
             pending: HashMap::new(),
             next_seq: 1,
@@ -203,7 +230,7 @@ impl Sequencer {
     }
 
     /// Runs until every sender is gone, building groups of pending submissions; returns after
-    /// the committer has written (or failed) every group handed to it.
+    /// every group handed over was written and synced (or failed) and answered.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
         let max_bytes = self.shared.options.max_commit_bytes;
         while let Some(first) = rx.blocking_recv() {
@@ -221,14 +248,15 @@ impl Sequencer {
             self.absorb_reports();
             self.commit_group(group);
         }
-        // The committer (and with it the indexer queue) stops after the last group.
+        // The writer stops after the last group, then the syncer (and with it the indexer
+        // queue) after answering it.
         self.handoff.close();
-        if let Some(handle) = self.committer.take() {
+        for handle in self.threads.drain(..) {
             let _ = handle.join();
         }
     }
 
-    /// Takes in the committer's reports so far: forgets the event ids of durable groups, and
+    /// Takes in the syncer's reports so far: forgets the event ids of durable groups, and
     /// rolls back after a failed one.
     fn absorb_reports(&mut self) {
         while let Ok(Done { seq, written }) = self.done.try_recv() {
@@ -237,13 +265,13 @@ impl Sequencer {
             }
             let Some(front) = self.outstanding.front() else {
                 self.shared.set_failure(format!(
-                    "internal: the committer reported group {seq}, which is not in flight; restart the ledger"
+                    "internal: the syncer reported group {seq}, which is not in flight; restart the ledger"
                 ));
                 return;
             };
             if front.seq != seq {
                 self.shared.set_failure(format!(
-                    "internal: the committer reported group {seq} before group {}; restart the ledger",
+                    "internal: the syncer reported group {seq} before group {}; restart the ledger",
                     front.seq
                 ));
                 return;
@@ -330,10 +358,10 @@ impl Sequencer {
                 });
                 if let Err(built) = self.handoff.push(built) {
                     self.shared
-                        .set_failure("the committer thread stopped; restart the ledger".into());
+                        .set_failure("the group commit threads stopped; restart the ledger".into());
                     for r in built.replies {
                         let _ = r.tx.send(Err(LedgerError::Unavailable(
-                            "the committer thread stopped".into(),
+                            "the group commit threads stopped".into(),
                         )));
                     }
                 }
@@ -353,7 +381,8 @@ impl Sequencer {
         }
     }
 
-    /// After a failed write the store is the authority: re-read each touched log's state.
+    /// After a failed write the store is the authority: re-read each touched log's state, and
+    /// adopt the logs a failed group created if the store has them.
     fn reload_touched(&mut self, touched: &[LogKey]) -> Result<(), LedgerError> {
         for key in touched {
             if let Some(log) = self.logs.get_mut(key) {
@@ -381,8 +410,22 @@ impl Sequencer {
                         .durable_size
                         .store(state.tree_size, Ordering::Release);
                 }
+            } else if let Some(info) = crate::ledger::load_log_by_origin(
+                self.shared.store.as_ref(),
+                &self.shared.origin_for(key),
+            )? {
+                // The failed group that created this log was applied after all: adopt the log
+                // as stored, or the next group would create it again over its leaves.
+                let state = self.shared.load_state(info.log_id)?;
+                let edge = TileEdge::from_snapshot(&info.edge_snapshot());
+                self.shared.register_log(info.clone());
+                self.logs.insert(key.clone(), SeqLog { info, state, edge });
             }
         }
+        // Likewise the log ids such a group took.
+        self.next_log_id = self.next_log_id.max(crate::ledger::stored_next_log_id(
+            self.shared.store.as_ref(),
+        )?);
         Ok(())
     }
 
@@ -700,18 +743,19 @@ fn index_leaves(
 fn answer_for(err: &LedgerError) -> LedgerError {
     match err {
         LedgerError::Store(se) => LedgerError::Store(se.clone()),
+        LedgerError::Unavailable(reason) => LedgerError::Unavailable(reason.clone()),
         other => LedgerError::Unavailable(other.to_string()),
     }
 }
 
-/// Built groups waiting for the committer, oldest first. Bounded by bytes: a sequencer that
+/// Built groups waiting for the writer, oldest first. Bounded by bytes: a sequencer that
 /// runs ahead of the disk waits here, and the requests behind it wait in the submission queue
 /// (whose permits are the ledger's backpressure).
 struct HandOff {
     state: Mutex<HandOffState>,
     /// Signalled when a group arrives or the hand-off closes.
     ready: Condvar,
-    /// Signalled when the committer takes the queue or stops.
+    /// Signalled when the writer takes the queue or stops.
     room: Condvar,
     max_bytes: usize,
 }
@@ -722,7 +766,7 @@ struct HandOffState {
     bytes: usize,
     /// No more groups will come (the sequencer is done).
     closed: bool,
-    /// The committer is gone; nothing queued now will be written.
+    /// The writer is gone; nothing queued now will be written.
     dead: bool,
 }
 
@@ -741,7 +785,7 @@ impl HandOff {
     }
 
     /// Queues a built group, waiting while the queue holds `max_bytes` or more; gives it back
-    /// (boxed: it is large and this is the rare path) if the committer is gone.
+    /// (boxed: it is large and this is the rare path) if the writer is gone.
     fn push(&self, built: Built) -> Result<(), Box<Built>> {
         let mut state = self.lock();
         while state.bytes >= self.max_bytes && !state.dead {
@@ -775,90 +819,269 @@ impl HandOff {
         self.lock().closed = true;
         self.ready.notify_all();
     }
-
-    fn exit_guard(&self) -> CommitterExit<'_> {
-        CommitterExit(self)
-    }
 }
 
-/// Marks the hand-off dead when the committer thread ends; groups still queued are answered
+/// Marks the hand-off dead when the writer thread ends; groups still queued are answered
 /// with an error when dropped with their reply channels (their callers see the sequencer gone).
-struct CommitterExit<'a>(&'a HandOff);
+/// Also closes the queue to the syncer, which then syncs and answers what was written and stops.
+struct WriterExit<'a>(&'a HandOff, &'a Written);
 
-impl Drop for CommitterExit<'_> {
+impl Drop for WriterExit<'_> {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.dead = true;
         state.groups.clear();
         self.0.room.notify_all();
+        drop(state);
+        let mut written = self.1.lock();
+        // A panic in the middle of a write must not leave the syncer waiting for its end.
+        written.writing = false;
+        written.closed = true;
+        self.1.changed.notify_all();
     }
 }
 
-/// Writes built groups in order, then publishes them and answers their submissions.
-struct Committer {
-    shared: Arc<Shared>,
-    /// New leaf hashes go to the indexer after each successful commit.
-    index_tx: std_mpsc::SyncSender<IndexJob>,
-    done: std_mpsc::Sender<Done>,
+/// A group the writer is done with, in build order: written (durable at the syncer's next
+/// sync) or refused.
+enum Outcome {
+    Written(Built),
+    Failed(Built, LedgerError),
 }
 
-impl Committer {
+/// The groups the writer has written (or refused), waiting for the syncer, oldest first.
+struct Written {
+    state: Mutex<WrittenState>,
+    /// Signalled on every change.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WrittenState {
+    outcomes: VecDeque<Outcome>,
+    /// Event bytes written since the syncer last took the queue (for the write metrics).
+    bytes: usize,
+    /// A write is in progress.
+    writing: bool,
+    /// (epoch, reason) of the last failed write or sync: later groups of that epoch were built
+    /// on top of it and are refused unwritten.
+    failed: Option<(u64, String)>,
+    /// The writer is done; the syncer stops once the queue is empty.
+    closed: bool,
+    /// The syncer is gone; nothing queued now will be answered by it.
+    dead: bool,
+}
+
+impl Written {
+    fn new() -> Self {
+        Written {
+            state: Mutex::new(WrittenState::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WrittenState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(
+        &self,
+        state: std::sync::MutexGuard<'a, WrittenState>,
+    ) -> std::sync::MutexGuard<'a, WrittenState> {
+        self.changed.wait(state).unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Marks the queue to the writer dead when the syncer thread ends (a panic included), so the
+/// writer stops taking groups instead of queueing answers nobody sends.
+struct SyncerExit<'a>(&'a Written);
+
+impl Drop for SyncerExit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.dead = true;
+        state.outcomes.clear();
+        self.0.changed.notify_all();
+    }
+}
+
+/// Writes built groups in order, without syncing, and queues them for the syncer.
+struct Writer {
+    shared: Arc<Shared>,
+    written: Arc<Written>,
+}
+
+impl Writer {
     fn run(self, handoff: &HandOff) {
         // Marks the hand-off dead if this thread ends for any reason (a panic included), so
         // the sequencer fails requests instead of waiting for room forever.
-        let _guard = handoff.exit_guard();
-        // (epoch, reason) of the last failed write: later groups of that epoch were built on
-        // top of it and must not be written.
-        let mut failed: Option<(u64, String)> = None;
+        let _guard = WriterExit(handoff, &self.written);
         while let Some(groups) = handoff.take_all() {
             let mut write = Vec::with_capacity(groups.len());
-            for built in groups {
-                match &failed {
-                    Some((epoch, reason)) if *epoch == built.epoch => {
-                        let err = LedgerError::Unavailable(format!(
-                            "not written: an earlier group commit it depends on failed ({reason})"
-                        ));
-                        self.fail(built, &err);
+            {
+                let mut state = self.written.lock();
+                if state.dead {
+                    return;
+                }
+                for built in groups {
+                    match &state.failed {
+                        Some((epoch, reason)) if *epoch == built.epoch => {
+                            let err = LedgerError::Unavailable(format!(
+                                "not written: an earlier group commit it depends on failed ({reason})"
+                            ));
+                            state.outcomes.push_back(Outcome::Failed(built, err));
+                        }
+                        _ => write.push(built),
                     }
-                    _ => write.push(built),
+                }
+                state.writing = !write.is_empty();
+                self.written.changed.notify_all();
+            }
+            if write.is_empty() {
+                continue;
+            }
+            let result = self.write(&mut write);
+            let mut state = self.written.lock();
+            state.writing = false;
+            if state.dead {
+                // Nobody will answer them: dropped, their callers see the ledger gone.
+                return;
+            }
+            match result {
+                Ok(bytes) => {
+                    state.bytes += bytes;
+                    state
+                        .outcomes
+                        .extend(write.into_iter().map(Outcome::Written));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "group commit failed; nothing in it was acknowledged");
+                    self.shared.set_write_error(Some(err.to_string()));
+                    let epoch = write.iter().map(|g| g.epoch).max().unwrap_or_default();
+                    state.failed = Some((epoch, err.to_string()));
+                    state.outcomes.extend(
+                        write
+                            .into_iter()
+                            .map(|built| Outcome::Failed(built, answer_for(&err))),
+                    );
                 }
             }
-            if let Err((epoch, err)) = self.write(write) {
-                failed = Some((epoch, err.to_string()));
-            }
+            self.written.changed.notify_all();
         }
     }
 
-    /// Writes `groups` (in build order) as one synced batch, then completes each in order.
-    fn write(&self, mut groups: Vec<Built>) -> Result<(), (u64, LedgerError)> {
-        if groups.is_empty() {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
+    /// Writes `groups` (in build order) as one batch, unsynced: it is durable once the syncer's
+    /// next sync returns. Returns the batch's bytes.
+    fn write(&self, groups: &mut [Built]) -> Result<usize, LedgerError> {
         let mut batch = std::mem::take(&mut groups[0].batch);
         for built in &mut groups[1..] {
             batch.append(std::mem::take(&mut built.batch));
         }
         let bytes = batch.bytes();
-        if let Err(err) = self.shared.store.write(batch, true) {
-            let err = LedgerError::from(err);
-            tracing::error!(error = %err, "group commit failed; nothing in it was acknowledged");
-            self.shared.set_write_error(Some(err.to_string()));
-            let epoch = groups.iter().map(|g| g.epoch).max().unwrap_or_default();
-            for built in groups {
-                self.fail(built, &err);
+        self.shared.store.write_deferred(batch)?;
+        Ok(bytes)
+    }
+}
+
+/// Syncs what the writer wrote, then publishes those groups and answers their submissions, in
+/// build order. One sync covers every group written before it started, so while it runs the
+/// writer already inserts the next groups: the disk syncs one group commit while the CPU
+/// writes the next.
+struct Syncer {
+    shared: Arc<Shared>,
+    /// New leaf hashes go to the indexer after each successful commit.
+    index_tx: std_mpsc::SyncSender<IndexJob>,
+    done: std_mpsc::Sender<Done>,
+    written: Arc<Written>,
+}
+
+impl Syncer {
+    fn run(self) {
+        let _guard = SyncerExit(&self.written);
+        loop {
+            let (outcomes, bytes) = {
+                let mut state = self.written.lock();
+                while state.outcomes.is_empty() && !state.closed {
+                    state = self.written.wait(state);
+                }
+                if state.outcomes.is_empty() {
+                    return;
+                }
+                let bytes = std::mem::take(&mut state.bytes);
+                (state.outcomes.drain(..).collect::<Vec<_>>(), bytes)
+            };
+            let synced = if outcomes.iter().any(|o| matches!(o, Outcome::Written(_))) {
+                let started = std::time::Instant::now();
+                let synced = self.shared.store.sync();
+                if synced.is_ok() {
+                    self.shared.metrics.record_write(bytes, started.elapsed());
+                    self.shared.set_write_error(None);
+                }
+                synced
+            } else {
+                Ok(())
+            };
+            match synced {
+                Ok(()) => self.answer(outcomes),
+                Err(err) => self.sync_failed(outcomes, LedgerError::from(err)),
             }
-            return Err((epoch, err));
         }
-        self.shared.metrics.record_write(bytes, started.elapsed());
-        self.shared.set_write_error(None);
-        let requests = groups.iter().map(|g| g.replies.len()).sum();
-        let events = groups.iter().map(|g| g.events).sum();
-        self.shared.metrics.record_commit(requests, events);
-        for built in groups {
-            self.complete(built);
+    }
+
+    /// Completes the written groups (now durable) and fails the refused ones, in order.
+    fn answer(&self, outcomes: Vec<Outcome>) {
+        let mut requests = 0;
+        let mut events = 0;
+        for outcome in &outcomes {
+            if let Outcome::Written(built) = outcome {
+                requests += built.replies.len();
+                events += built.events;
+            }
         }
-        Ok(())
+        if requests > 0 {
+            self.shared.metrics.record_commit(requests, events);
+        }
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Written(built) => self.complete(built),
+                Outcome::Failed(built, err) => self.fail(built, &err),
+            }
+        }
+    }
+
+    /// The sync failed: the written groups are in the store but perhaps not on disk, so none of
+    /// them is acknowledged, and neither is anything built on them. The writer is stopped from
+    /// writing more of their epoch, and its write in progress awaited, before the sequencer
+    /// hears of the failure: it then re-reads the store, which no longer moves under it.
+    fn sync_failed(&self, mut outcomes: Vec<Outcome>, err: LedgerError) {
+        tracing::error!(error = %err, "syncing a group commit failed; nothing in it was acknowledged");
+        self.shared.set_write_error(Some(err.to_string()));
+        let epoch = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Written(b) | Outcome::Failed(b, _) => b.epoch,
+            })
+            .max()
+            .unwrap_or_default();
+        {
+            let mut state = self.written.lock();
+            state.failed = Some((epoch, err.to_string()));
+            while state.writing {
+                state = self.written.wait(state);
+            }
+            state.bytes = 0;
+            outcomes.extend(state.outcomes.drain(..));
+        }
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Written(built) => self.fail(built, &err),
+                Outcome::Failed(built, e) => self.fail(built, &e),
+            }
+        }
     }
 
     /// Publishes a durable group and answers its requests.
@@ -892,7 +1115,7 @@ impl Committer {
         // After the receipts: a full queue (the indexer behind) delays the next group, never
         // the acknowledgement of this one.
         for job in built.index_jobs {
-            // The indexer only stops after the committer; a send cannot fail before.
+            // The indexer only stops after the syncer; a send cannot fail before.
             let _ = self.index_tx.send(job);
         }
     }

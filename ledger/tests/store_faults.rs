@@ -1,6 +1,6 @@
 //! Store faults under the ledger (docs/reliability.md "Storage faults"), on RocksDB wrapped in
 //! [`FaultyStore`]: failed synced writes, writes whose acknowledgement is lost after they were
-//! applied, slow writes and reads, failing reads. In every case an append either gets receipts
+//! applied, failed syncs of written group commits, slow writes and reads, failing reads. In every case an append either gets receipts
 //! for events that are stored at those indexes, or an error and nothing; the tree stays
 //! gap-free and `fsck` clean. (Unit tests in `src/ledger.rs` cover the same on the memory
 //! store, including failures inside the commit pipeline.)
@@ -243,6 +243,106 @@ fn failing_and_slow_reads_and_slow_writes() {
     store.set_read_delay(Duration::ZERO);
     store.set_write_faults(WriteFaults::default());
     ledger.checkpoint_now().unwrap();
+    ledger.close().unwrap();
+    fsck_clean(store.inner());
+}
+
+/// Syncs failing under concurrent appends while writes are slow, so that groups are written
+/// and waiting for their sync when it fails (and more are built on them): no event whose sync
+/// failed is acknowledged; every acknowledged event is stored at its index; a refused event is
+/// either absent or stored once (its write reached the store, its sync did not confirm it —
+/// the same ambiguity as a crash before the answer). Every leaf holds exactly one sent event;
+/// re-sent, the refused events are found where they are stored or appended after the rest;
+/// fsck is clean and a restart keeps everything.
+#[test]
+fn failed_syncs_in_the_pipeline_acknowledge_nothing_they_did_not_confirm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ledger) = open(dir.path());
+    let ledger = Arc::new(ledger);
+    let mut results = Vec::new();
+    for round in 0..3u64 {
+        store.set_write_faults(WriteFaults {
+            fail_next_syncs: 1,
+            delay: Duration::from_millis(5),
+            durable_only: true,
+            ..Default::default()
+        });
+        let threads: Vec<_> = (0..6u64)
+            .map(|t| {
+                let ledger = ledger.clone();
+                std::thread::spawn(move || {
+                    (0..4u64)
+                        .map(|i| {
+                            let e = event(round * 100_000 + t * 1000 + i, "acme");
+                            let result = ledger.append_blocking("gw", std::slice::from_ref(&e));
+                            (e, result)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        results.extend(threads.into_iter().flat_map(|t| t.join().unwrap()));
+    }
+    store.set_write_faults(WriteFaults::default());
+    let log = ledger.log("acme", "prod").unwrap();
+    let mut holders = Vec::new();
+    let mut refused = Vec::new();
+    for (event, result) in &results {
+        let id = EventId::parse(&event.event_id).unwrap();
+        let found = log.find_event(&id).unwrap();
+        match result {
+            Ok(receipts) => {
+                let r = &receipts[0];
+                assert!(!r.duplicate, "each event was sent once");
+                assert_eq!(found, Some(r.leaf_index));
+                let leaf = log.leaf(r.leaf_index).unwrap().expect("acknowledged leaf");
+                assert_eq!(auditledger_ledger::merkle::leaf_hash(&leaf), r.leaf_hash);
+            }
+            Err(err) => {
+                let text = err.to_string();
+                assert!(
+                    text.contains("sync failure") || text.contains("depends on failed"),
+                    "{text}"
+                );
+                refused.push(event.clone());
+            }
+        }
+        holders.extend(found);
+    }
+    assert!(
+        refused.len() >= 3,
+        "each failed sync refused at least its own group ({} refused)",
+        refused.len()
+    );
+    holders.sort_unstable();
+    assert_eq!(
+        holders,
+        (0..log.tree_size()).collect::<Vec<_>>(),
+        "every leaf holds exactly one of the events sent"
+    );
+    let size = log.tree_size();
+    let receipts = ledger.append_blocking("gw", &refused).unwrap();
+    let mut next = size;
+    for (event, r) in refused.iter().zip(&receipts) {
+        let id = EventId::parse(&event.event_id).unwrap();
+        if r.duplicate {
+            assert!(r.leaf_index < size, "a stored copy is in the tree already");
+        } else {
+            assert_eq!(r.leaf_index, next, "a new event follows the others");
+            next += 1;
+        }
+        assert_eq!(log.find_event(&id).unwrap(), Some(r.leaf_index));
+    }
+    assert_eq!(log.tree_size(), next);
+    ledger.checkpoint_now().unwrap();
+    ledger.close().unwrap();
+    fsck_clean(store.inner());
+
+    drop(log);
+    drop(ledger);
+    drop(store);
+    let (store, ledger) = open(dir.path());
+    assert_eq!(ledger.log("acme", "prod").unwrap().tree_size(), next);
     ledger.close().unwrap();
     fsck_clean(store.inner());
 }

@@ -229,7 +229,7 @@ fn main() -> anyhow::Result<()> {
         let m = ledger.metrics();
         let (_, writes, write_us) = m.write_latency.snapshot();
         eprintln!(
-            "  ledger: {} commits, {:.1} requests/commit, mean synced write {:.2} ms",
+            "  ledger: {} commits (WAL syncs), {:.1} requests/commit, mean WAL sync {:.2} ms",
             m.commits.load(Ordering::Relaxed),
             m.requests.load(Ordering::Relaxed) as f64
                 / m.commits.load(Ordering::Relaxed).max(1) as f64,

@@ -30,6 +30,9 @@ pub struct WriteFaults {
     /// An injected failure (`fail_next`, `fail_all`) still applies the batch first: the write
     /// happened, its acknowledgement was lost.
     pub apply_then_fail: bool,
+    /// Fail this many upcoming [`Store::sync`] calls (0 = none): what was written stays
+    /// applied, its durability unconfirmed.
+    pub fail_next_syncs: u64,
 }
 
 #[derive(Debug)]
@@ -92,8 +95,15 @@ impl<S: Store> FaultyStore<S> {
     }
 }
 
-impl<S: Store> Store for FaultyStore<S> {
-    fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError> {
+impl<S: Store> FaultyStore<S> {
+    /// A write with the configured faults; `durable` selects which faults apply, `write` does
+    /// the inner store's write.
+    fn faulted_write(
+        &self,
+        batch: WriteBatch,
+        durable: bool,
+        write: impl FnOnce(&S, WriteBatch) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let (delay, fault, apply) = {
             let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
             let applies = durable || !faults.durable_only;
@@ -114,14 +124,25 @@ impl<S: Store> Store for FaultyStore<S> {
         }
         if let Some(err) = fault {
             if apply {
-                self.inner.write(batch, durable)?;
+                write(&self.inner, batch)?;
             }
             self.writes_failed.fetch_add(1, Ordering::SeqCst);
             return Err(err);
         }
-        self.inner.write(batch, durable)?;
+        write(&self.inner, batch)?;
         self.writes_ok.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError> {
+        self.faulted_write(batch, durable, |inner, batch| inner.write(batch, durable))
+    }
+
+    /// Faulted as a durable write: it is the first half of one.
+    fn write_deferred(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.faulted_write(batch, true, |inner, batch| inner.write_deferred(batch))
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -152,6 +173,13 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        {
+            let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+            if faults.fail_next_syncs > 0 {
+                faults.fail_next_syncs -= 1;
+                return Err(StoreError::Injected("sync failure".into()));
+            }
+        }
         self.inner.sync()
     }
 }

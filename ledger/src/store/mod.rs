@@ -191,7 +191,17 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError>;
 
-    /// Makes everything written so far durable (no-op for stores whose writes are durable).
+    /// Applies the batch atomically like [`Store::write`] without waiting for stable storage:
+    /// it is durable once a [`Store::sync`] called after this returned has returned. A crash
+    /// before that keeps the deferred writes of one thread as a prefix, in order, each whole or
+    /// absent. The group commit's write (a separate call so that fault injection can tell it
+    /// from other unsynced writes).
+    fn write_deferred(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.write(batch, false)
+    }
+
+    /// Makes every write that returned before this call durable (no-op for stores whose writes
+    /// are durable).
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
