@@ -6,6 +6,17 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 ensure_system_packages
 export PROTOC="$(command -v protoc)"
+# Stale test executables in the fixed target dir (scripts/prune-target.py), removed on every
+# exit, failed runs included: a red run must not leave ~400 MB per stale executable behind to
+# fill the disk. The exit status stays the suite's.
+prune_target() {
+    local status=$?
+    echo "== stale test executables in the fixed target dir (scripts/prune-target.py)" >&2
+    cargo test --workspace --all-targets --locked --no-run --message-format=json 2>/dev/null \
+        | python3 scripts/prune-target.py >&2 || echo "prune-target: skipped" >&2
+    exit "$status"
+}
+trap prune_target EXIT
 python3 -c 'import moto.server, flask_cors' 2>/dev/null || python3 -m pip install --quiet 'moto[server]' </dev/null  # S3 server of archiver/tests/s3.rs
 
 echo "== cargo fmt --check" >&2
@@ -24,7 +35,4 @@ echo "== doc tests" >&2
 cargo test --workspace --doc --locked
 echo "== fuzz targets, 5 s each (scripts/fuzz.sh; own toolchain and target dir)" >&2
 scripts/fuzz.sh 5
-echo "== stale test executables in the fixed target dir (scripts/prune-target.py)" >&2
-cargo test --workspace --all-targets --locked --no-run --message-format=json 2>/dev/null \
-    | python3 scripts/prune-target.py >&2
 echo "all tests passed" >&2

@@ -30,45 +30,14 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn write(&self, batch: WriteBatch, _durable: bool) -> Result<(), StoreError> {
         let mut spaces = self.spaces.write().unwrap_or_else(|p| p.into_inner());
-        // Merges are checked before anything is applied, so that a malformed one leaves the
-        // store as it was (RocksDB applies a batch atomically too).
-        for op in &batch.ops {
-            if let WriteOp::Merge { space, key, value } = op {
-                let stored = spaces.get(space).and_then(|m| m.get(key));
-                let fits = super::merge_operator(*space)
-                    .and_then(|merge| merge(key, stored.map(Vec::as_slice), &[value]));
-                if fits.is_none() {
-                    return Err(StoreError::Corruption(format!(
-                        "merging into {} key {}: no merge operator or a malformed value",
-                        space.name(),
-                        hex::encode(key)
-                    )));
-                }
-            }
-        }
-        for op in batch.ops {
+        let ops = resolve_merges(&spaces, batch.ops)?;
+        // Nothing below can fail: the batch applies whole (as RocksDB applies it).
+        for op in ops {
             match op {
                 WriteOp::Put { space, key, value } => {
                     spaces.entry(space).or_default().insert(key, value);
                 }
-                WriteOp::Merge { space, key, value } => {
-                    let merge = super::merge_operator(space).ok_or_else(|| {
-                        StoreError::Unusable(format!(
-                            "space {} has no merge operator",
-                            space.name()
-                        ))
-                    })?;
-                    let map = spaces.entry(space).or_default();
-                    let merged = merge(&key, map.get(&key).map(Vec::as_slice), &[&value])
-                        .ok_or_else(|| {
-                            StoreError::Corruption(format!(
-                                "merging into {} key {}: malformed value",
-                                space.name(),
-                                hex::encode(&key)
-                            ))
-                        })?;
-                    map.insert(key, merged);
-                }
+                WriteOp::Merge { .. } => unreachable!("resolved into puts above"),
                 WriteOp::Delete { space, key } => {
                     if let Some(map) = spaces.get_mut(&space) {
                         map.remove(&key);
@@ -142,5 +111,118 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
+    }
+}
+
+/// The batch with every merge replaced by a put of its result, each merge computed once over
+/// the stored value as changed by the batch's earlier operations (puts, deletes, ranges and
+/// merges before it, as RocksDB orders them). A merge that cannot apply (no operator, malformed
+/// value) fails the whole batch before anything is written.
+fn resolve_merges(
+    spaces: &BTreeMap<Space, Map>,
+    ops: Vec<WriteOp>,
+) -> Result<Vec<WriteOp>, StoreError> {
+    if !ops.iter().any(|op| matches!(op, WriteOp::Merge { .. })) {
+        return Ok(ops);
+    }
+    // What the batch has done so far to each key it touched (None: deleted), and the ranges
+    // it deleted, for keys it did not touch individually.
+    let mut overlay: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+    let mut ranges: Vec<(Space, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut resolved = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            WriteOp::Put { space, key, value } => {
+                overlay.insert((space, key.clone()), Some(value.clone()));
+                resolved.push(WriteOp::Put { space, key, value });
+            }
+            WriteOp::Delete { space, key } => {
+                overlay.insert((space, key.clone()), None);
+                resolved.push(WriteOp::Delete { space, key });
+            }
+            WriteOp::DeleteRange { space, start, end } => {
+                for ((s, k), v) in overlay.iter_mut() {
+                    if *s == space && k[..] >= start[..] && k[..] < end[..] {
+                        *v = None;
+                    }
+                }
+                ranges.push((space, start.clone(), end.clone()));
+                resolved.push(WriteOp::DeleteRange { space, start, end });
+            }
+            WriteOp::Merge { space, key, value } => {
+                let merge = super::merge_operator(space).ok_or_else(|| {
+                    StoreError::Unusable(format!("space {} has no merge operator", space.name()))
+                })?;
+                let current = match overlay.get(&(space, key.clone())) {
+                    Some(v) => v.clone(),
+                    None if ranges
+                        .iter()
+                        .any(|(s, a, b)| *s == space && key[..] >= a[..] && key[..] < b[..]) =>
+                    {
+                        None
+                    }
+                    None => spaces.get(&space).and_then(|m| m.get(&key)).cloned(),
+                };
+                let merged = merge(&key, current.as_deref(), &[&value]).ok_or_else(|| {
+                    StoreError::Corruption(format!(
+                        "merging into {} key {}: no merge operator or a malformed value",
+                        space.name(),
+                        hex::encode(&key)
+                    ))
+                })?;
+                overlay.insert((space, key.clone()), Some(merged.clone()));
+                resolved.push(WriteOp::Put {
+                    space,
+                    key,
+                    value: merged,
+                });
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{decode_postings, encode_postings, field_index_key};
+
+    fn postings(store: &MemoryStore, key: &[u8]) -> Vec<u64> {
+        let value = store.get(Space::Fields, key).unwrap().expect("present");
+        let mut out = Vec::new();
+        decode_postings(4096, &value, &mut out).expect("well-formed");
+        out
+    }
+
+    /// A merge is computed over what the batch did before it, and one that cannot apply —
+    /// here because an earlier put of the same batch left a malformed list — fails the whole
+    /// batch: nothing of it is written (RocksDB applies a batch whole or not at all).
+    #[test]
+    fn merges_see_their_batch_and_a_failing_one_writes_nothing() {
+        let store = MemoryStore::new();
+        let key = field_index_key(1, 9, &[7; 8], 4096);
+        let mut b = WriteBatch::new();
+        b.put(Space::Meta, b"before".to_vec(), b"x".to_vec());
+        b.put(Space::Fields, key.to_vec(), vec![0x80]);
+        b.merge(Space::Fields, key.to_vec(), encode_postings(4096, &[4097]));
+        let err = store.write(b, true).unwrap_err();
+        assert!(err.to_string().contains("malformed"), "{err}");
+        assert_eq!(store.get(Space::Meta, b"before").unwrap(), None);
+        assert_eq!(store.get(Space::Fields, &key).unwrap(), None);
+
+        let mut b = WriteBatch::new();
+        b.merge(Space::Fields, key.to_vec(), encode_postings(4096, &[4100]));
+        b.merge(Space::Fields, key.to_vec(), encode_postings(4096, &[4097]));
+        store.write(b, true).unwrap();
+        assert_eq!(postings(&store, &key), [4097, 4100]);
+
+        // A range deleted earlier in the batch is empty for the merges after it.
+        let mut b = WriteBatch::new();
+        let mut end = key.to_vec();
+        *end.last_mut().unwrap() += 1;
+        b.delete_range(Space::Fields, key.to_vec(), end);
+        b.merge(Space::Fields, key.to_vec(), encode_postings(4096, &[5000]));
+        store.write(b, true).unwrap();
+        assert_eq!(postings(&store, &key), [5000]);
     }
 }
