@@ -112,6 +112,18 @@ pub fn verify_inclusion_of_hash(
     keys: &[VerifierKey],
 ) -> Result<VerifiedCheckpoint, VerifyError> {
     let verified = checkpoint::open(checkpoint, keys)?;
+    verify_inclusion_in(&verified, leaf_hash, leaf_index, proof)?;
+    Ok(verified)
+}
+
+/// [`verify_inclusion_of_hash`] against a checkpoint whose signature was already verified
+/// ([`checkpoint::open`]): many proofs against one checkpoint check its signature once.
+pub fn verify_inclusion_in(
+    verified: &VerifiedCheckpoint,
+    leaf_hash: &Hash,
+    leaf_index: u64,
+    proof: &[Vec<u8>],
+) -> Result<(), VerifyError> {
     let cp = &verified.checkpoint;
     merkle::verify_inclusion(
         leaf_index,
@@ -125,8 +137,7 @@ pub fn verify_inclusion_of_hash(
             "leaf {leaf_index} in {} at size {}: {e}",
             cp.origin, cp.tree_size
         ))
-    })?;
-    Ok(verified)
+    })
 }
 
 /// Verifies that the log of `new` is an append-only extension of the log of `old`: both

@@ -153,20 +153,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let proofs = InclusionProofFile::parse_all(&read_text(&file)?)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let batch = proofs.len() > 1;
-            let mut verified = None;
+            // A batch's proofs share one checkpoint: its signature is checked once.
+            let mut verified: Option<(&str, auditledger_ledger::checkpoint::VerifiedCheckpoint)> =
+                None;
             let mut all_contents = true;
             for (i, p) in proofs.iter().enumerate() {
-                let (v, contents) = verify_inclusion_file(p, &keys).map_err(|e| {
+                let in_batch = |e: anyhow::Error| {
                     if batch {
                         e.context(format!("proofs[{i}] (leaf {})", p.leaf_index))
                     } else {
                         e
                     }
-                })?;
-                all_contents &= contents;
-                verified = Some(v);
+                };
+                let note = p.checkpoint_note.as_str();
+                if verified.as_ref().is_none_or(|(n, _)| *n != note) {
+                    let v = auditledger_ledger::checkpoint::open(note.as_bytes(), &keys)
+                        .map_err(|e| in_batch(auditledger_verifier::VerifyError::from(e).into()))?;
+                    verified = Some((note, v));
+                }
+                let (_, v) = verified.as_ref().expect("opened above");
+                all_contents &= verify_inclusion_file(p, v).map_err(in_batch)?;
             }
-            let v = verified.context("the file holds no proof")?;
+            let (_, v) = verified.context("the file holds no proof")?;
             let what = if all_contents {
                 "leaf contents"
             } else {
@@ -455,45 +463,33 @@ mod live_args {
     }
 }
 
-/// Checks one inclusion proof against its checkpoint: from the leaf bytes when it has them,
-/// else from its leaf hash. Returns the verified checkpoint and whether the leaf bytes were
-/// checked (not just their hash).
+/// Checks one inclusion proof against its checkpoint, opened (signature verified) by the
+/// caller: from the leaf bytes when it has them, else from its leaf hash. Returns whether the
+/// leaf bytes were checked (not just their hash).
 fn verify_inclusion_file(
     p: &InclusionProofFile,
-    keys: &[VerifierKey],
-) -> anyhow::Result<(auditledger_ledger::checkpoint::VerifiedCheckpoint, bool)> {
-    let (v, contents) = if p.leaf.is_empty() {
+    v: &auditledger_ledger::checkpoint::VerifiedCheckpoint,
+) -> anyhow::Result<bool> {
+    let (hash, contents) = if p.leaf.is_empty() {
         let hash: [u8; 32] = p
             .leaf_hash
             .as_deref()
             .and_then(|h| h.try_into().ok())
             .context("the proof has no leaf and no 32-byte leafHash to verify")?;
-        let v = auditledger_verifier::verify_inclusion_of_hash(
-            &hash,
-            p.leaf_index,
-            &p.hashes,
-            p.checkpoint_note.as_bytes(),
-            keys,
-        )?;
-        (v, false)
+        (hash, false)
     } else {
+        let hash = auditledger_ledger::merkle::leaf_hash(&p.leaf);
         if let Some(h) = &p.leaf_hash
-            && h.as_slice() != auditledger_ledger::merkle::leaf_hash(&p.leaf)
+            && h.as_slice() != hash
         {
             anyhow::bail!(
                 "leafHash {} is not the hash of the leaf bytes in the proof",
                 hex::encode(h)
             );
         }
-        let v = auditledger_verifier::verify_inclusion(
-            &p.leaf,
-            p.leaf_index,
-            &p.hashes,
-            p.checkpoint_note.as_bytes(),
-            keys,
-        )?;
-        (v, true)
+        (hash, true)
     };
+    auditledger_verifier::verify_inclusion_in(v, &hash, p.leaf_index, &p.hashes)?;
     if p.tree_size != 0 && p.tree_size != v.checkpoint.tree_size {
         anyhow::bail!(
             "the proof says tree size {} but its checkpoint is of size {}",
@@ -501,5 +497,5 @@ fn verify_inclusion_file(
             v.checkpoint.tree_size
         );
     }
-    Ok((v, contents))
+    Ok(contents)
 }

@@ -210,6 +210,11 @@ fn inclusion_and_consistency_from_json_files() {
         &wrong_key,
     ]);
     assert!(!ok, "{out}");
+    // The shared checkpoint is opened once, with the first proof; its failure names it.
+    assert!(
+        out.contains("proofs[0] (leaf 12)") && out.contains("checkpoint: "),
+        "{out}"
+    );
 
     // Consistency between the two checkpoints.
     let old_file = dir.write("old.note", &old.note);
