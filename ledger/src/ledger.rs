@@ -1837,31 +1837,15 @@ mod tests {
         // duplicate, no lost receipt.
         let store = Arc::new(FaultyStore::new(MemoryStore::new()));
         let ledger = Arc::new(Ledger::open(store.clone(), keyring(), options()).unwrap());
-        let mut results = Vec::new();
-        for round in 0..3u64 {
-            store.set_write_faults(WriteFaults {
-                fail_next: 1,
-                delay: Duration::from_millis(15),
-                durable_only: true,
-                ..Default::default()
-            });
-            let threads: Vec<_> = (0..6u64)
-                .map(|t| {
-                    let ledger = ledger.clone();
-                    std::thread::spawn(move || {
-                        (0..4u64)
-                            .map(|i| {
-                                let e = event(round * 100_000 + t * 1000 + i, "acme");
-                                let result = ledger.append_blocking("gw", std::slice::from_ref(&e));
-                                (e, result)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            results.extend(threads.into_iter().flat_map(|t| t.join().unwrap()));
-        }
-        store.set_write_faults(WriteFaults::default());
+        let faults = WriteFaults {
+            fail_next: 1,
+            delay: Duration::from_millis(15),
+            durable_only: true,
+            ..Default::default()
+        };
+        let results = crate::store::faulty::append_in_rounds(&store, &ledger, 3, &faults, |n| {
+            event(n, "acme")
+        });
         let log = ledger.log("acme", "prod").unwrap();
         let mut indexes = Vec::new();
         let mut refused = Vec::new();

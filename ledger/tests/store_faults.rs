@@ -11,7 +11,7 @@ use std::time::Duration;
 use auditledger_ledger::event::{AuditEvent, EventId, EventKind};
 use auditledger_ledger::keys::Keyring;
 use auditledger_ledger::note::{SignerKey, VerifierKey};
-use auditledger_ledger::store::faulty::{FaultyStore, WriteFaults};
+use auditledger_ledger::store::faulty::{FaultyStore, WriteFaults, append_in_rounds};
 use auditledger_ledger::store::rocks::{RocksOptions, RocksStore};
 use auditledger_ledger::store::{Store, StoreError};
 use auditledger_ledger::{Ledger, LedgerError, LedgerOptions, fsck};
@@ -59,6 +59,21 @@ fn open(dir: &std::path::Path) -> (Faulty, Ledger) {
 fn fsck_clean(store: &dyn Store) {
     let report = fsck::check(store, &verifiers()).expect("fsck reads the store");
     assert!(report.is_clean(), "fsck: {:?}", report.problems());
+}
+
+/// Signs a last checkpoint, closes the ledger, checks the store with fsck and opens the
+/// directory again (the ledger and store are consumed: nothing of them may stay open).
+fn close_check_and_reopen(
+    dir: &std::path::Path,
+    store: Faulty,
+    ledger: impl std::borrow::Borrow<Ledger>,
+) -> (Faulty, Ledger) {
+    ledger.borrow().checkpoint_now().unwrap();
+    ledger.borrow().close().unwrap();
+    fsck_clean(store.inner());
+    drop(ledger);
+    drop(store);
+    open(dir)
 }
 
 /// Many appenders blocked in the same failing group commit: every one gets the store's error
@@ -172,15 +187,10 @@ fn a_write_applied_but_reported_failed_is_never_acknowledged_nor_stored_twice() 
     );
     let receipts = ledger.append_blocking("gw", &[event(20, "acme")]).unwrap();
     assert_eq!((receipts[0].leaf_index, receipts[0].duplicate), (7, false));
-    ledger.checkpoint_now().unwrap();
-    ledger.close().unwrap();
-    fsck_clean(store.inner());
 
     // After a restart the same holds (the ledger loads everything from the store).
     drop(log);
-    drop(ledger);
-    drop(store);
-    let (store, ledger) = open(dir.path());
+    let (store, ledger) = close_check_and_reopen(dir.path(), store, ledger);
     let log = ledger.log("acme", "prod").unwrap();
     assert_eq!(log.tree_size(), 8);
     let receipts = ledger.append_blocking("gw", &ambiguous).unwrap();
@@ -259,31 +269,13 @@ fn failed_syncs_in_the_pipeline_acknowledge_nothing_they_did_not_confirm() {
     let dir = tempfile::tempdir().unwrap();
     let (store, ledger) = open(dir.path());
     let ledger = Arc::new(ledger);
-    let mut results = Vec::new();
-    for round in 0..3u64 {
-        store.set_write_faults(WriteFaults {
-            fail_next_syncs: 1,
-            delay: Duration::from_millis(5),
-            durable_only: true,
-            ..Default::default()
-        });
-        let threads: Vec<_> = (0..6u64)
-            .map(|t| {
-                let ledger = ledger.clone();
-                std::thread::spawn(move || {
-                    (0..4u64)
-                        .map(|i| {
-                            let e = event(round * 100_000 + t * 1000 + i, "acme");
-                            let result = ledger.append_blocking("gw", std::slice::from_ref(&e));
-                            (e, result)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        results.extend(threads.into_iter().flat_map(|t| t.join().unwrap()));
-    }
-    store.set_write_faults(WriteFaults::default());
+    let faults = WriteFaults {
+        fail_next_syncs: 1,
+        delay: Duration::from_millis(5),
+        durable_only: true,
+        ..Default::default()
+    };
+    let results = append_in_rounds(&store, &ledger, 3, &faults, |n| event(n, "acme"));
     let log = ledger.log("acme", "prod").unwrap();
     let mut holders = Vec::new();
     let mut refused = Vec::new();
@@ -334,14 +326,8 @@ fn failed_syncs_in_the_pipeline_acknowledge_nothing_they_did_not_confirm() {
         assert_eq!(log.find_event(&id).unwrap(), Some(r.leaf_index));
     }
     assert_eq!(log.tree_size(), next);
-    ledger.checkpoint_now().unwrap();
-    ledger.close().unwrap();
-    fsck_clean(store.inner());
-
     drop(log);
-    drop(ledger);
-    drop(store);
-    let (store, ledger) = open(dir.path());
+    let (store, ledger) = close_check_and_reopen(dir.path(), store, ledger);
     assert_eq!(ledger.log("acme", "prod").unwrap().tree_size(), next);
     ledger.close().unwrap();
     fsck_clean(store.inner());

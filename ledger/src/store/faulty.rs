@@ -8,12 +8,14 @@
 //! injects exactly that. A batch applied in part would break the store's contract (the
 //! conformance suite checks that a failed write applies nothing), so it is not offered.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Direction, Store, StoreError, WriteBatch};
+use crate::event::AuditEvent;
 use crate::layout::Space;
+use crate::{Ledger, LedgerError, Receipt};
 
 /// What a [`FaultyStore`] does to writes.
 #[derive(Clone, Debug, Default)]
@@ -182,4 +184,45 @@ impl<S: Store> Store for FaultyStore<S> {
         }
         self.inner.sync()
     }
+}
+
+/// One append of [`append_in_rounds`]: the event sent and what the ledger answered.
+pub type Attempt = (AuditEvent, Result<Vec<Receipt>, LedgerError>);
+
+/// Load for the commit pipeline's fault tests: in each of `rounds` rounds, sets `faults` on
+/// `store`, then six threads append four single-event requests each, concurrently (`event(n)`,
+/// with `n` distinct across threads and rounds). Clears the faults at the end and returns
+/// every attempt.
+pub fn append_in_rounds<S: Store>(
+    store: &FaultyStore<S>,
+    ledger: &Arc<Ledger>,
+    rounds: u64,
+    faults: &WriteFaults,
+    event: fn(u64) -> AuditEvent,
+) -> Vec<Attempt> {
+    let mut attempts = Vec::new();
+    for round in 0..rounds {
+        store.set_write_faults(faults.clone());
+        let threads: Vec<_> = (0..6u64)
+            .map(|t| {
+                let ledger = ledger.clone();
+                std::thread::spawn(move || {
+                    (0..4u64)
+                        .map(|i| {
+                            let e = event(round * 100_000 + t * 1000 + i);
+                            let result = ledger.append_blocking("gw", std::slice::from_ref(&e));
+                            (e, result)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        attempts.extend(
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().expect("appender thread")),
+        );
+    }
+    store.set_write_faults(WriteFaults::default());
+    attempts
 }
