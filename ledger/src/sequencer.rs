@@ -862,6 +862,9 @@ struct WrittenState {
     bytes: usize,
     /// A write is in progress.
     writing: bool,
+    /// The last write failed (the store's write error stays reported until one succeeds and
+    /// is synced).
+    write_failed: bool,
     /// (epoch, reason) of the last failed write or sync: later groups of that epoch were built
     /// on top of it and are refused unwritten.
     failed: Option<(u64, String)>,
@@ -951,6 +954,7 @@ impl Writer {
                 // Nobody will answer them: dropped, their callers see the ledger gone.
                 return;
             }
+            state.write_failed = result.is_err();
             match result {
                 Ok(bytes) => {
                     state.bytes += bytes;
@@ -1019,7 +1023,11 @@ impl Syncer {
                 let synced = self.shared.store.sync();
                 if synced.is_ok() {
                     self.shared.metrics.record_write(bytes, started.elapsed());
-                    self.shared.set_write_error(None);
+                    // Under the lock: a write failing meanwhile reports itself after this.
+                    let state = self.written.lock();
+                    if !state.write_failed {
+                        self.shared.set_write_error(None);
+                    }
                 }
                 synced
             } else {
