@@ -192,10 +192,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Applies the batch atomically like [`Store::write`] without waiting for stable storage:
-    /// it is durable once a [`Store::sync`] called after this returned has returned. A crash
-    /// before that keeps the deferred writes of one thread as a prefix, in order, each whole or
-    /// absent. The group commit's write (a separate call so that fault injection can tell it
-    /// from other unsynced writes).
+    /// it is durable once a [`Store::sync`] called after this returned has returned. Before
+    /// that a process crash loses nothing (the OS holds the data) but a power loss may lose it
+    /// (each batch whole or absent; RocksDB drops a torn WAL tail and refuses to open over
+    /// damage before the tail). The group commit's write, a separate call so that fault
+    /// injection can tell it from other unsynced writes.
     fn write_deferred(&self, batch: WriteBatch) -> Result<(), StoreError> {
         self.write(batch, false)
     }
