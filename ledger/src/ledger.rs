@@ -263,18 +263,7 @@ impl Shared {
     }
 
     pub(crate) fn load_state(&self, log_id: LogId) -> Result<LogState, LedgerError> {
-        match self
-            .store
-            .get(Space::Meta, &layout::meta_state_key(log_id))?
-        {
-            None => Ok(LogState::default()),
-            Some(v) => LogState::decode(&v).ok_or_else(|| {
-                LedgerError::Corrupt(format!(
-                    "log {log_id}: state record has {} bytes, want 16",
-                    v.len()
-                ))
-            }),
-        }
+        load_state(self.store.as_ref(), log_id)
     }
 
     /// Signs a checkpoint for every log that grew since its last one. Returns how many.
@@ -824,9 +813,22 @@ fn load_logs(store: &dyn Store) -> Result<(Vec<Arc<LogInfo>>, LogId), LedgerErro
                 "log {log_id} is not below next_log_id {next_log_id}"
             )));
         }
-        logs.push(load_log(store, log_id, record)?);
+        logs.push(load_log(store, log_id, record)?.0);
     }
     Ok((logs, next_log_id))
+}
+
+/// A log's stored state (empty before its first commit).
+fn load_state(store: &dyn Store, log_id: LogId) -> Result<LogState, LedgerError> {
+    match store.get(Space::Meta, &layout::meta_state_key(log_id))? {
+        None => Ok(LogState::default()),
+        Some(v) => LogState::decode(&v).ok_or_else(|| {
+            LedgerError::Corrupt(format!(
+                "log {log_id}: state record has {} bytes, want 16",
+                v.len()
+            ))
+        }),
+    }
 }
 
 /// The id the next new log gets, as stored.
@@ -842,7 +844,7 @@ pub(crate) fn stored_next_log_id(store: &dyn Store) -> Result<LogId, LedgerError
 pub(crate) fn load_log_by_origin(
     store: &dyn Store,
     origin: &str,
-) -> Result<Option<Arc<LogInfo>>, LedgerError> {
+) -> Result<Option<(Arc<LogInfo>, LogState)>, LedgerError> {
     let Some(value) = store.get(Space::Meta, &layout::meta_origin_key(origin))? else {
         return Ok(None);
     };
@@ -863,12 +865,8 @@ fn load_log(
     store: &dyn Store,
     log_id: LogId,
     record: LogRecord,
-) -> Result<Arc<LogInfo>, LedgerError> {
-    let state = match store.get(Space::Meta, &layout::meta_state_key(log_id))? {
-        Some(v) => LogState::decode(&v)
-            .ok_or_else(|| LedgerError::Corrupt(format!("log {log_id}: malformed state")))?,
-        None => LogState::default(),
-    };
+) -> Result<(Arc<LogInfo>, LogState), LedgerError> {
+    let state = load_state(store, log_id)?;
     if store
         .get(Space::Leaves, &layout::leaf_key(log_id, state.tree_size))?
         .is_some()
@@ -902,7 +900,7 @@ fn load_log(
     let info = LogInfo::new(log_id, key, record, latest, edge);
     info.indexed.send_replace(indexed);
     info.durable_size.store(state.tree_size, Ordering::Release);
-    Ok(Arc::new(info))
+    Ok((Arc::new(info), state))
 }
 
 /// Gives a log of a data directory from before the search indexes its [`Space::Fields`]

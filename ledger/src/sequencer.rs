@@ -410,13 +410,12 @@ impl Sequencer {
                         .durable_size
                         .store(state.tree_size, Ordering::Release);
                 }
-            } else if let Some(info) = crate::ledger::load_log_by_origin(
+            } else if let Some((info, state)) = crate::ledger::load_log_by_origin(
                 self.shared.store.as_ref(),
                 &self.shared.origin_for(key),
             )? {
                 // The failed group that created this log was applied after all: adopt the log
                 // as stored, or the next group would create it again over its leaves.
-                let state = self.shared.load_state(info.log_id)?;
                 let edge = TileEdge::from_snapshot(&info.edge_snapshot());
                 self.shared.register_log(info.clone());
                 self.logs.insert(key.clone(), SeqLog { info, state, edge });
@@ -833,11 +832,7 @@ impl Drop for WriterExit<'_> {
         state.groups.clear();
         self.0.room.notify_all();
         drop(state);
-        let mut written = self.1.lock();
-        // A panic in the middle of a write must not leave the syncer waiting for its end.
-        written.writing = false;
-        written.closed = true;
-        self.1.changed.notify_all();
+        self.1.close();
     }
 }
 
@@ -893,8 +888,12 @@ impl Written {
         self.changed.wait(state).unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The writer is done: no write is in progress (a panic in the middle of one included, so
+    /// the syncer never waits for its end) and no more will come.
     fn close(&self) {
-        self.lock().closed = true;
+        let mut state = self.lock();
+        state.writing = false;
+        state.closed = true;
         self.changed.notify_all();
     }
 }
