@@ -144,6 +144,18 @@ pub fn render(ledger: &Ledger, server: &ServerMetrics) -> String {
         "Checkpoint passes that failed.",
         m.checkpoint_failures.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "auditledger_index_batches_written_total",
+        "Leaf-hash and search-index batches written through the memtables (low ingest rates).",
+        m.index_writes.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "auditledger_index_runs_ingested_total",
+        "Leaf-hash and search-index runs gathered and ingested as table files (high ingest rates).",
+        m.index_ingests.load(Ordering::Relaxed),
+    );
     histogram(
         &mut out,
         "auditledger_fsync_seconds",

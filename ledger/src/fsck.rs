@@ -221,6 +221,7 @@ fn check_log(
         }
     };
     let mut field_entries = 0u64;
+    let mut hashes_ahead = 0u64;
     let edge = match check_leaves_and_tiles(
         store,
         log_id,
@@ -231,6 +232,7 @@ fn check_log(
         &mut report,
         fields_from,
         &mut field_entries,
+        &mut hashes_ahead,
     )? {
         Ok(edge) => Arc::new(edge),
         Err(problem) => {
@@ -262,10 +264,11 @@ fn check_log(
         }
     }
     drop(reader);
-    // The leaf-hash index is asynchronous: it covers the leaves below its watermark.
+    // The leaf-hash index is asynchronous: it covers the leaves below its watermark, and
+    // may hold correct entries of some above it.
     for (space, what, expected) in [
         (Space::EventIds, "event id", state.tree_size),
-        (Space::LeafHashes, "leaf hash", indexed),
+        (Space::LeafHashes, "leaf hash", indexed + hashes_ahead),
     ] {
         let n = count_keys(store, space, log_id)?;
         if n != expected {
@@ -491,6 +494,7 @@ fn check_leaves_and_tiles(
     report: &mut LogReport,
     fields_from: Option<u64>,
     field_entries: &mut u64,
+    ahead: &mut u64,
 ) -> Result<Result<EdgeSnapshot, String>, StoreError> {
     let mut edge = TileEdge::new();
     let mut last_logged_at = 0u64;
@@ -502,7 +506,7 @@ fn check_leaves_and_tiles(
                 Ok(h) => h,
                 Err(p) => return Ok(Err(p)),
             };
-            if let Err(p) = check_leaf_hash_index(store, log_id, next, &hashes, indexed)? {
+            if let Err(p) = check_leaf_hash_index(store, log_id, next, &hashes, indexed, ahead)? {
                 return Ok(Err(p));
             }
             if let Err(p) = hash_into_tiles(store, log_id, &mut edge, hashes, report)? {
@@ -574,7 +578,7 @@ fn check_leaves_and_tiles(
         if let Err(p) = check_index(store, Space::EventIds, "event id", next, &id_keys)? {
             return Ok(Err(p));
         }
-        if let Err(p) = check_leaf_hash_index(store, log_id, next, &hashes, indexed)? {
+        if let Err(p) = check_leaf_hash_index(store, log_id, next, &hashes, indexed, ahead)? {
             return Ok(Err(p));
         }
         if let Err(p) = hash_into_tiles(store, log_id, &mut edge, hashes, report)? {
@@ -650,20 +654,45 @@ fn check_index<K: AsRef<[u8]>>(
     Ok(problem.map_or(Ok(()), Err))
 }
 
-/// Checks the leaf-hash index entries of leaves `first..` that lie below the watermark.
+/// Checks the leaf-hash index entries of leaves `first..`: below the watermark each must be
+/// there, pointing to its leaf; above it (entries ingested before a crash lost the watermark
+/// written after them, which the next open writes again) each may be missing but not wrong,
+/// and those present are added to `ahead`.
 fn check_leaf_hash_index(
     store: &dyn Store,
     log_id: LogId,
     first: u64,
     hashes: &[Hash],
     indexed: u64,
+    ahead: &mut u64,
 ) -> Check {
+    let below = (indexed.saturating_sub(first) as usize).min(hashes.len());
     let keys: Vec<[u8; 16]> = hashes
         .iter()
-        .take(indexed.saturating_sub(first) as usize)
         .map(|h| layout::leaf_hash_key(log_id, h))
         .collect();
-    check_index(store, Space::LeafHashes, "leaf hash", first, &keys)
+    if let Err(p) = check_index(store, Space::LeafHashes, "leaf hash", first, &keys[..below])? {
+        return Ok(Err(p));
+    }
+    let above: Vec<&[u8]> = keys[below..].iter().map(|k| &k[..]).collect();
+    let from = first + below as u64;
+    let mut problem = None;
+    store.multi_get(Space::LeafHashes, &above, &mut |i, value| {
+        let index = from + i as u64;
+        match value.map(layout::decode_u64) {
+            None => {}
+            Some(Some(found)) if found == index => *ahead += 1,
+            Some(found) => {
+                problem.get_or_insert_with(|| {
+                    format!(
+                        "leaf {index}: leaf hash index (above its watermark {indexed}) points to {}",
+                        found.map_or("a malformed value".to_owned(), |f| format!("leaf {f}"))
+                    )
+                });
+            }
+        }
+    })?;
+    Ok(problem.map_or(Ok(()), Err))
 }
 
 /// The leaf hashes of a released segment, read from its level-0 tiles; no leaf of it may
@@ -1208,6 +1237,71 @@ mod search_index_tests {
         let mut b = WriteBatch::new();
         b.delete(space, key.to_vec());
         store.write(b, true).unwrap();
+    }
+
+    /// An ingest of the indexes made durable before a crash lost the watermark written after
+    /// it: entries above the watermark are accepted when they point to their own leaf, and
+    /// named when they do not; a missing entry below it is still a problem.
+    #[test]
+    fn leaf_hash_entries_above_the_watermark_must_point_to_their_leaf() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let ledger = open(&store);
+        ledger
+            .append_blocking("gw", &(0..40).map(event).collect::<Vec<_>>())
+            .unwrap();
+        let log = ledger.log("acme", "prod").unwrap();
+        let hash = |i| log.leaf_hash(i).unwrap();
+        ledger.close().unwrap();
+        assert_eq!(problems(&store), "");
+        let set = |space: Space, key: &[u8], value: u64| {
+            let mut b = WriteBatch::new();
+            b.put(space, key.to_vec(), value.to_be_bytes().to_vec());
+            store.write(b, true).unwrap();
+        };
+        set(Space::Meta, &layout::meta_indexed_key(0), 25);
+        assert_eq!(
+            problems(&store),
+            "",
+            "correct entries of leaves 25..40 above the watermark"
+        );
+        delete(
+            &store,
+            Space::LeafHashes,
+            &layout::leaf_hash_key(0, &hash(30)),
+        );
+        assert_eq!(
+            problems(&store),
+            "",
+            "an entry above the watermark may be missing"
+        );
+        set(Space::LeafHashes, &layout::leaf_hash_key(0, &hash(31)), 7);
+        let found = problems(&store);
+        assert!(
+            found.contains("leaf 31: leaf hash index (above its watermark 25) points to leaf 7"),
+            "{found}"
+        );
+        set(Space::LeafHashes, &layout::leaf_hash_key(0, &hash(31)), 31);
+        delete(
+            &store,
+            Space::LeafHashes,
+            &layout::leaf_hash_key(0, &hash(24)),
+        );
+        let found = problems(&store);
+        assert!(
+            found.contains("leaf 24: leaf hash index entry missing"),
+            "{found}"
+        );
+        set(Space::LeafHashes, &layout::leaf_hash_key(0, &hash(24)), 24);
+        // Reopening re-indexes from the watermark (leaf 30's entry too).
+        let ledger = open(&store);
+        ledger.close().unwrap();
+        assert_eq!(problems(&store), "");
+        assert!(
+            store
+                .get(Space::LeafHashes, &layout::leaf_hash_key(0, &hash(30)))
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

@@ -502,7 +502,17 @@ pub fn merge_postings<'a>(
 pub fn field_postings(
     entries: &mut [[u8; FIELD_KEY_LEN]],
 ) -> Vec<([u8; FIELD_KEY_LEN], u64, Vec<u64>)> {
-    entries.sort_unstable();
+    // Byte order as integers: sorting the arrays themselves calls memcmp per comparison,
+    // a few per cent of ingest CPU at 100k+ events/s.
+    entries.sort_unstable_by_key(|e| {
+        let (head, tail) = e.split_at(16);
+        let mut low = [0u8; 8];
+        low[..FIELD_KEY_LEN - 16].copy_from_slice(tail);
+        (
+            u128::from_be_bytes(head.try_into().expect("16 bytes")),
+            u64::from_be_bytes(low),
+        )
+    });
     let mut out = Vec::new();
     let mut i = 0;
     while i < entries.len() {

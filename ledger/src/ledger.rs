@@ -40,6 +40,10 @@ pub struct LedgerOptions {
     pub max_commit_bytes: usize,
     /// Event bytes accepted but not yet acknowledged; appends wait beyond this (backpressure).
     pub max_inflight_bytes: usize,
+    /// At high ingest rates, how long the indexer gathers leaves before ingesting their
+    /// leaf-hash and search-index entries as table files (a lookup waiting for them cuts it
+    /// short; a crash re-indexes what it held).
+    pub index_linger: Duration,
 }
 
 impl Default for LedgerOptions {
@@ -52,6 +56,7 @@ impl Default for LedgerOptions {
             max_event_bytes: 64 << 10,
             max_commit_bytes: 8 << 20,
             max_inflight_bytes: 256 << 20,
+            index_linger: Duration::from_secs(1),
         }
     }
 }
@@ -151,6 +156,9 @@ pub(crate) struct LogInfo {
     /// Leaves below this have their `leaf_hashes` and `fields` entries (the indexer's
     /// watermark).
     pub indexed: watch::Sender<u64>,
+    /// The largest size a lookup has waited for the indexes to cover: while it is above
+    /// `indexed`, a lingering indexer writes what it has gathered at once.
+    pub index_wanted: AtomicU64,
     /// The tree's right edge at (at least) `durable_size`, published by the sequencer.
     edge: RwLock<Arc<EdgeSnapshot>>,
 }
@@ -173,6 +181,7 @@ impl LogInfo {
             pending_since: AtomicU64::new(0),
             checkpoint: watch::Sender::new(latest.map(Arc::new)),
             indexed: watch::Sender::new(0),
+            index_wanted: AtomicU64::new(0),
         }
     }
 
@@ -417,7 +426,8 @@ impl Ledger {
         let (index_tx, index_rx) = std::sync::mpsc::sync_channel(INDEX_QUEUE_JOBS);
         let sequencer = Sequencer::new(shared.clone(), next_log_id, index_tx)?;
         let (tx, rx) = mpsc::channel(4096);
-        // Order matters for close(): sequencer, then indexer, then checkpointer.
+        // Order matters for close(): sequencer, then indexer (gathering, then writing), then
+        // checkpointer.
         let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()
@@ -425,12 +435,23 @@ impl Ledger {
                 .spawn(move || sequencer.run(rx))
                 .map_err(|e| LedgerError::Unavailable(format!("starting sequencer thread: {e}")))?,
         );
+        // One run written while the next is gathered.
+        let (runs_tx, runs_rx) = std::sync::mpsc::sync_channel(1);
         let index_shared = shared.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("auditledger-indexer".into())
-                .spawn(move || crate::indexer::run(index_shared, index_rx))
+                .spawn(move || crate::indexer::gather(index_shared, index_rx, runs_tx))
                 .map_err(|e| LedgerError::Unavailable(format!("starting indexer thread: {e}")))?,
+        );
+        let index_shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("auditledger-index-writer".into())
+                .spawn(move || crate::indexer::write_runs(index_shared, runs_rx))
+                .map_err(|e| {
+                    LedgerError::Unavailable(format!("starting index writer thread: {e}"))
+                })?,
         );
         let cp_shared = shared.clone();
         threads.push(
@@ -665,8 +686,9 @@ impl Ledger {
         }
         let mut threads = threads.into_iter();
         // The sequencer drains accepted appends; when it exits it drops the indexer's queue,
-        // and the indexer exits once everything is indexed.
-        for _ in 0..2 {
+        // the indexer hands its last run to the index writer and exits, and the writer exits
+        // once everything is indexed.
+        for _ in 0..3 {
             if let Some(t) = threads.next() {
                 let _ = t.join();
             }
@@ -1428,6 +1450,7 @@ impl Log {
     /// Waits (up to 5 s) until the asynchronous leaf-hash and search indexes cover `size`
     /// leaves.
     pub async fn wait_for_index(&self, size: u64) -> Result<(), LedgerError> {
+        self.want_index(size);
         let mut rx = self.info.indexed.subscribe();
         tokio::time::timeout(INDEX_WAIT, rx.wait_for(|v| *v >= size))
             .await
@@ -1439,6 +1462,7 @@ impl Log {
     /// [`Log::wait_for_index`] for synchronous callers: polls, so async code should await
     /// that first (then this returns at once).
     pub fn wait_for_index_blocking(&self, size: u64) -> Result<(), LedgerError> {
+        self.want_index(size);
         let deadline = std::time::Instant::now() + INDEX_WAIT;
         let mut pause = Duration::from_micros(100);
         while *self.info.indexed.borrow() < size {
@@ -1449,6 +1473,11 @@ impl Log {
             pause = (pause * 2).min(Duration::from_millis(10));
         }
         Ok(())
+    }
+
+    /// Asks a lingering indexer to write now if the indexes do not cover `size` leaves yet.
+    fn want_index(&self, size: u64) {
+        self.info.index_wanted.fetch_max(size, Ordering::Relaxed);
     }
 
     fn index_behind(&self, size: u64) -> LedgerError {

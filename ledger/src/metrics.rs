@@ -63,6 +63,11 @@ pub struct LedgerMetrics {
     pub checkpoint_failures: AtomicU64,
     /// Time from a size becoming durable to a checkpoint covering it.
     pub checkpoint_lag: Histogram,
+    /// Leaf-hash and search-index batches the indexer wrote through the memtables (low
+    /// rates) ...
+    pub index_writes: AtomicU64,
+    /// ... and gathered runs it ingested as table files (high rates).
+    pub index_ingests: AtomicU64,
 }
 
 impl LedgerMetrics {

@@ -57,6 +57,7 @@ fn suite(make: &dyn Fn() -> Arc<dyn Store>) {
     concurrent_appenders_get_unique_contiguous_indexes(make());
     restart_keeps_everything_and_chains_checkpoints(make());
     leaf_hash_index_tail_is_rebuilt_on_open(make());
+    fast_appends_ingest_their_indexes_and_lookups_do_not_wait_the_linger(make());
     archived_segments_release_hot_leaves_and_keep_proofs(make());
     fsck_detects_tampering(make);
 }
@@ -353,6 +354,72 @@ fn leaf_hash_index_tail_is_rebuilt_on_open(store: Arc<dyn Store>) {
     ledger.close().unwrap();
     let report = fsck::check(store.as_ref(), &[signer().verifier()]).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems());
+}
+
+/// At high rates the indexer gathers leaves and ingests their entries as sorted runs. The
+/// linger here (60 s) is longer than a lookup waits for the index (5 s, then an error), so
+/// lookups that answer were not left waiting for it: they cut it short. The ingested entries
+/// serve lookups and searches like written ones, survive a restart, and fsck is clean.
+fn fast_appends_ingest_their_indexes_and_lookups_do_not_wait_the_linger(store: Arc<dyn Store>) {
+    let opts = LedgerOptions {
+        index_linger: Duration::from_secs(60),
+        ..options()
+    };
+    let ledger = Ledger::open(store.clone(), keyring(), opts.clone()).unwrap();
+    let mut receipts = Vec::new();
+    for batch in 0..15u64 {
+        let events: Vec<AuditEvent> = (batch * 2000..(batch + 1) * 2000)
+            .map(|n| event(n, "acme", "prod"))
+            .collect();
+        receipts.extend(ledger.append_blocking("gw", &events).unwrap());
+    }
+    let log = ledger.log("acme", "prod").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    for i in [0, 17_000, 29_999] {
+        assert_eq!(
+            rt.block_on(log.find_leaf_hash(&receipts[i].leaf_hash))
+                .unwrap(),
+            Some(i as u64),
+            "leaf {i} by its hash"
+        );
+    }
+    let ingests = ledger
+        .metrics()
+        .index_ingests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        ingests >= 1,
+        "30 000 leaves appended at once were ingested ({ingests} runs)"
+    );
+    let want: Vec<u64> = (0..30_000).filter(|n| n % 13 == 5).collect();
+    let search = |log: &auditledger_ledger::Log| {
+        log.index_candidates(
+            IndexedField::UserId,
+            "user-5",
+            0,
+            30_000,
+            Order::OldestFirst,
+            5000,
+        )
+        .unwrap()
+    };
+    assert_eq!(search(&log), want);
+    ledger.close().unwrap();
+    let report = fsck::check(store.as_ref(), &[signer().verifier()]).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems());
+    let ledger = Ledger::open(store.clone(), keyring(), opts).unwrap();
+    let log = ledger.log("acme", "prod").unwrap();
+    assert_eq!(log.indexed_size(), 30_000);
+    assert_eq!(
+        rt.block_on(log.find_leaf_hash(&receipts[12_345].leaf_hash))
+            .unwrap(),
+        Some(12_345)
+    );
+    assert_eq!(search(&log), want);
+    ledger.close().unwrap();
 }
 
 fn fsck_problems(store: &Arc<dyn Store>) -> Vec<String> {

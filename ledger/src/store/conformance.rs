@@ -35,6 +35,97 @@ pub fn run_all(store: &dyn Store) {
     multi_get_visits_in_order(store);
     scans_respect_bounds_and_direction(store);
     merges_take_the_union_and_malformed_ones_are_errors(store);
+    ingest_adds_sorted_runs_and_refuses_anything_else(store);
+}
+
+/// [`Store::ingest`]: a sorted run of puts and merges reads back exactly like the same batch
+/// written (puts replace, merges combine with what was there, also over entries still in a
+/// memtable), twice in a row included; an unsorted, repeated-key, wrong-space or delete
+/// batch is refused naming the problem, and writes nothing.
+fn ingest_adds_sorted_runs_and_refuses_anything_else(store: &dyn Store) {
+    use crate::layout::{decode_postings, encode_postings, field_index_key};
+    use crate::store::StoreError;
+    let hash_key = |i: u8| [0xEE, i, 0, 0, 1];
+    // Written the usual way first: ingest must take the place of the put and add to the list.
+    let posting = field_index_key(u32::MAX - 1, 9, &[7; 8], 0);
+    let mut b = WriteBatch::new();
+    b.put(Space::LeafHashes, hash_key(3).to_vec(), b"old".to_vec());
+    b.merge(Space::Fields, posting.to_vec(), encode_postings(0, &[5]));
+    store.write(b, false).expect("write");
+
+    let mut b = WriteBatch::new();
+    for i in [1u8, 3, 7] {
+        b.put(Space::LeafHashes, hash_key(i).to_vec(), vec![i]);
+    }
+    store.ingest(Space::LeafHashes, b).expect("ingest puts");
+    let mut b = WriteBatch::new();
+    b.merge(Space::Fields, posting.to_vec(), encode_postings(0, &[2, 9]));
+    store.ingest(Space::Fields, b).expect("ingest merges");
+    let mut b = WriteBatch::new();
+    b.merge(
+        Space::Fields,
+        posting.to_vec(),
+        encode_postings(0, &[9, 11]),
+    );
+    store
+        .ingest(Space::Fields, b)
+        .expect("ingest over an ingested run");
+
+    let ingested = |store: &dyn Store| -> Vec<(Vec<u8>, Vec<u8>)> {
+        scan(
+            store,
+            Space::LeafHashes,
+            &[0xEE],
+            Some(&[0xEF]),
+            Direction::Forward,
+        )
+        .into_iter()
+        .map(|k| {
+            let v = get(store, Space::LeafHashes, &k).expect("scanned key");
+            (k, v)
+        })
+        .collect()
+    };
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = [1u8, 3, 7]
+        .iter()
+        .map(|&i| (hash_key(i).to_vec(), vec![i]))
+        .collect();
+    assert_eq!(ingested(store), expected, "ingested puts replace and add");
+    let list = get(store, Space::Fields, &posting).expect("posting list");
+    let mut leaves = Vec::new();
+    decode_postings(0, &list, &mut leaves).expect("well-formed");
+    assert_eq!(
+        leaves,
+        [2, 5, 9, 11],
+        "ingested merges combine with the stored list"
+    );
+
+    let refused = |b: WriteBatch, space: Space, what: &str| match store.ingest(space, b) {
+        Err(StoreError::Invalid(m)) => assert!(m.contains(what), "{what}: {m}"),
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    };
+    let mut b = WriteBatch::new();
+    b.put(Space::LeafHashes, hash_key(9).to_vec(), vec![9]);
+    b.put(Space::LeafHashes, hash_key(8).to_vec(), vec![8]);
+    refused(b, Space::LeafHashes, "key 1 (ee08000001) is not above");
+    let mut b = WriteBatch::new();
+    b.put(Space::LeafHashes, hash_key(9).to_vec(), vec![9]);
+    b.put(Space::LeafHashes, hash_key(9).to_vec(), vec![10]);
+    refused(b, Space::LeafHashes, "strictly ascending");
+    let mut b = WriteBatch::new();
+    b.put(Space::LeafHashes, hash_key(9).to_vec(), vec![9]);
+    b.put(Space::Leaves, hash_key(10).to_vec(), vec![9]);
+    refused(b, Space::LeafHashes, "operation 1 writes to leaves");
+    let mut b = WriteBatch::new();
+    b.delete(Space::LeafHashes, hash_key(1).to_vec());
+    refused(b, Space::LeafHashes, "operation 0 is a delete");
+    assert_eq!(ingested(store), expected, "refused ingests write nothing");
+    assert_eq!(get(store, Space::Leaves, &hash_key(10)), None);
+
+    let mut b = WriteBatch::new();
+    b.delete_range(Space::LeafHashes, vec![0xEE], vec![0xEF]);
+    b.delete(Space::Fields, posting.to_vec());
+    store.write(b, false).expect("clean up");
 }
 
 /// [`Space::Fields`] merges posting lists: operands of one batch and of later batches add up,

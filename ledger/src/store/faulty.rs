@@ -147,6 +147,11 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faulted_write(batch, true, |inner, batch| inner.write_deferred(batch))
     }
 
+    /// Faulted as an unsynced write.
+    fn ingest(&self, space: Space, batch: WriteBatch) -> Result<(), StoreError> {
+        self.faulted_write(batch, false, |inner, batch| inner.ingest(space, batch))
+    }
+
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.read_fault()?;
         self.inner.get(space, key)

@@ -6,13 +6,15 @@
 //! where most negative dedup lookups land) and share a block cache.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType,
-    DBRecoveryMode, Env, ErrorKind, Options, ReadOptions, WriteBufferManager, WriteOptions,
+    DBRecoveryMode, Env, ErrorKind, IngestExternalFileOptions, Options, ReadOptions, SstFileWriter,
+    WriteBufferManager, WriteOptions,
 };
 
-use super::{Direction, Store, StoreError, WriteBatch, WriteOp};
+use super::{Direction, Store, StoreError, WriteBatch, WriteOp, check_ingestible};
 use crate::layout::Space;
 
 /// Engine knobs. Defaults suit a server; tests use [`RocksOptions::small_for_tests`].
@@ -86,7 +88,17 @@ pub struct RocksStore {
     cache: Cache,
     path: PathBuf,
     direct_io: bool,
+    /// Each column family's options, in [`Space::ALL`] order: table files for
+    /// [`Store::ingest`] are built with them, so they match what a flush would write.
+    cf_options: Vec<Options>,
+    /// Where [`Store::ingest`] builds its table files ([`INGEST_DIR`] in the database
+    /// directory, emptied at open); RocksDB moves them into the database.
+    ingest_dir: PathBuf,
+    ingest_files: AtomicU64,
 }
+
+/// Subdirectory of the database directory where ingested table files are built.
+pub const INGEST_DIR: &str = "ingest.tmp";
 
 /// RocksDB's own memory accounting, in bytes (exported as metrics; the soak compares it with
 /// the process's resident memory).
@@ -277,18 +289,34 @@ impl RocksStore {
         // torn; tolerate that, but refuse to open (instead of silently truncating, the default)
         // when a record in the middle of the WAL is corrupt.
         db_opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+        let cf_opts: Vec<Options> = Space::ALL
+            .iter()
+            .map(|&s| cf_options(s, opts, &cache))
+            .collect();
         let cfs = Space::ALL
             .iter()
-            .map(|&s| ColumnFamilyDescriptor::new(s.name(), cf_options(s, opts, &cache)));
+            .zip(&cf_opts)
+            .map(|(s, o)| ColumnFamilyDescriptor::new(s.name(), o.clone()));
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
             let mapped = map_err(e);
             StoreError::Unusable(format!("opening RocksDB at {}: {mapped}", path.display()))
         })?;
+        // Files left by an ingest that a crash interrupted were never part of the database.
+        let ingest_dir = path.join(INGEST_DIR);
+        if ingest_dir.exists() {
+            std::fs::remove_dir_all(&ingest_dir)
+                .map_err(|e| StoreError::Io(format!("emptying {}: {e}", ingest_dir.display())))?;
+        }
+        std::fs::create_dir_all(&ingest_dir)
+            .map_err(|e| StoreError::Io(format!("creating {}: {e}", ingest_dir.display())))?;
         Ok(RocksStore {
             db,
             cache,
             path: path.to_owned(),
             direct_io,
+            cf_options: cf_opts,
+            ingest_dir,
+            ingest_files: AtomicU64::new(0),
         })
     }
 
@@ -373,6 +401,77 @@ impl Store for RocksStore {
         self.db
             .write_opt(wb, &wo)
             .map_err(|e| write_failed(map_err(e)))
+    }
+
+    /// Builds a table file of the batch with the column family's own options (bloom filter,
+    /// compression) and has RocksDB move it in: no WAL record and no memtable insert. The
+    /// ingest fsyncs the file and records it in the MANIFEST before returning; it lands in
+    /// the lowest level it does not overlap (level 0 for random keys), after flushing the
+    /// column family's memtable first if that overlaps it.
+    fn ingest(&self, space: Space, batch: WriteBatch) -> Result<(), StoreError> {
+        check_ingestible(space, &batch)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let cf = self.cf(space)?;
+        let at = Space::ALL
+            .iter()
+            .position(|&s| s == space)
+            .expect("every space is in Space::ALL");
+        // A memtable overlapping the file would be flushed inside the ingest, with every
+        // write of the database stopped until it is done; flushing it first stops nothing.
+        let in_memtables = [
+            "rocksdb.num-entries-active-mem-table",
+            "rocksdb.num-entries-imm-mem-tables",
+        ]
+        .iter()
+        .map(|p| {
+            self.db
+                .property_int_value_cf(cf, *p)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        })
+        .sum::<u64>();
+        if in_memtables > 0 {
+            self.db.flush_cf(cf).map_err(|e| write_failed(map_err(e)))?;
+        }
+        let n = self.ingest_files.fetch_add(1, Ordering::Relaxed);
+        let file = self.ingest_dir.join(format!("{}-{n}.sst", space.name()));
+        let built = (|| {
+            let mut writer = SstFileWriter::create(&self.cf_options[at]);
+            writer.open(&file)?;
+            for op in &batch.ops {
+                match op {
+                    WriteOp::Put { key, value, .. } => writer.put(key, value)?,
+                    WriteOp::Merge { key, value, .. } => writer.merge(key, value)?,
+                    WriteOp::Delete { .. } | WriteOp::DeleteRange { .. } => {
+                        unreachable!("check_ingestible refuses deletes")
+                    }
+                }
+            }
+            writer.finish()
+        })();
+        let result = built.and_then(|()| {
+            let mut io = IngestExternalFileOptions::default();
+            io.set_move_files(true);
+            self.db.ingest_external_file_cf_opts(cf, &io, vec![&file])
+        });
+        if let Err(e) = result {
+            // Gone already if RocksDB moved it in before failing; nothing else refers to it.
+            let _ = std::fs::remove_file(&file);
+            let e = map_err(e);
+            return Err(match e {
+                StoreError::Io(m) => {
+                    StoreError::Io(format!("ingesting into {}: {m}", space.name()))
+                }
+                StoreError::NoSpace(m) => {
+                    StoreError::NoSpace(format!("ingesting into {}: {m}", space.name()))
+                }
+                other => other,
+            });
+        }
+        Ok(())
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
