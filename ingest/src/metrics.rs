@@ -153,7 +153,7 @@ pub fn render(ledger: &Ledger, server: &ServerMetrics) -> String {
     counter(
         &mut out,
         "auditledger_index_runs_ingested_total",
-        "Leaf-hash and search-index runs gathered and ingested as table files (high ingest rates).",
+        "Leaf-hash and search-index runs gathered at high ingest rates and ingested as table files (through the memtables while those still hold entries).",
         m.index_ingests.load(Ordering::Relaxed),
     );
     histogram(

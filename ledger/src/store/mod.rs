@@ -242,8 +242,9 @@ pub trait Store: Send + Sync + 'static {
     /// Adds a large sorted run of derived entries: `batch` holds only puts and merges of
     /// `space`, keys strictly ascending ([`check_ingestible`]). Atomic like [`Store::write`];
     /// where the engine allows, it bypasses the write-ahead log and memtables (RocksDB writes
-    /// a table file and ingests it, durable on return), which for random keys costs far less
-    /// CPU than inserting each into a memtable. Otherwise it is `write(batch, false)`.
+    /// a table file and ingests it, durable on return, unless the space's memtables hold
+    /// entries), which for random keys costs far less CPU than inserting each into a
+    /// memtable. Otherwise it is `write(batch, false)`.
     fn ingest(&self, space: Space, batch: WriteBatch) -> Result<(), StoreError> {
         check_ingestible(space, &batch)?;
         self.write(batch, false)
