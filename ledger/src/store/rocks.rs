@@ -352,6 +352,22 @@ impl RocksStore {
         .sum()
     }
 
+    /// Writes `batch` unsynced through the memtables and has the column family's memtable
+    /// flushed in the background, so that the next ingest finds them empty; otherwise each
+    /// run written through them would keep them non-empty and ingesting would not resume.
+    fn write_and_flush_soon(
+        &self,
+        cf: &rocksdb::ColumnFamily,
+        batch: WriteBatch,
+    ) -> Result<(), StoreError> {
+        self.write(batch, false)?;
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(false);
+        self.db
+            .flush_cf_opt(cf, &flush)
+            .map_err(|e| write_failed(map_err(e)))
+    }
+
     /// RocksDB's memory accounting now.
     pub fn memory(&self) -> RocksMemory {
         let sum = |name: &str| -> u64 {
@@ -425,7 +441,7 @@ impl Store for RocksStore {
     /// ingest fsyncs the file and records it in the MANIFEST before returning; it lands in
     /// the lowest level it does not overlap (level 0 for random keys). While the column
     /// family's memtables hold entries (which the file would overlap) the batch is written
-    /// through them instead, unsynced.
+    /// through them instead, unsynced, and they are flushed in the background.
     fn ingest(&self, space: Space, batch: WriteBatch) -> Result<(), StoreError> {
         check_ingestible(space, &batch)?;
         if batch.is_empty() {
@@ -441,7 +457,7 @@ impl Store for RocksStore {
         // machine, behind other flushes). While the column family's memtables hold entries,
         // the batch goes through them instead; they empty at their next flush.
         if self.memtable_entries(cf) > 0 {
-            return self.write(batch, false);
+            return self.write_and_flush_soon(cf, batch);
         }
         let n = self.ingest_files.fetch_add(1, Ordering::Relaxed);
         let file = self.ingest_dir.join(format!("{}-{n}.sst", space.name()));
@@ -470,7 +486,7 @@ impl Store for RocksStore {
             // Gone already if RocksDB moved it in before failing; nothing else refers to it.
             let _ = std::fs::remove_file(&file);
             if self.memtable_entries(cf) > 0 {
-                return self.write(batch, false);
+                return self.write_and_flush_soon(cf, batch);
             }
             let e = map_err(e);
             return Err(match e {
@@ -554,7 +570,8 @@ mod tests {
 
     /// With its memtables empty, an ingest adds a table file and nothing to the
     /// memtable; once they hold entries, it writes through them (no file, no flush with
-    /// writes stopped). Both read back the same, and leftover build files go at open.
+    /// writes stopped) and has them flushed, after which it ingests again. All read back the
+    /// same, and leftover build files go at open.
     #[test]
     fn ingest_bypasses_the_memtable_unless_it_holds_entries() {
         let dir = tempfile::tempdir().unwrap();
@@ -584,8 +601,25 @@ mod tests {
         b.put(Space::LeafHashes, vec![200; 16], vec![200]);
         store.write(b, false).unwrap();
         store.ingest(Space::LeafHashes, run(100..150)).unwrap();
-        assert_eq!((files(&store), cf_entries(&store)), (1, 51));
-        for k in (0..150).chain([200]) {
+        // Written through the memtable, which is then flushed in the background: once it is
+        // empty, ingesting resumes.
+        let mut waited = 0;
+        while cf_entries(&store) > 0 && waited < 500 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+        assert_eq!(
+            (files(&store), cf_entries(&store)),
+            (2, 0),
+            "the memtable was flushed"
+        );
+        store.ingest(Space::LeafHashes, run(150..160)).unwrap();
+        assert_eq!(
+            (files(&store), cf_entries(&store)),
+            (3, 0),
+            "ingesting resumed"
+        );
+        for k in (0..160).chain([200]) {
             assert_eq!(
                 store.get(Space::LeafHashes, &[k; 16]).unwrap(),
                 Some(vec![k]),
