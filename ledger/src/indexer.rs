@@ -234,6 +234,13 @@ fn leaf_hash_puts(batch: &mut WriteBatch, keyed: Vec<(u128, u64)>) {
     }
 }
 
+/// The search-index entries of `jobs` as posting-list merges ([`put_postings`]).
+fn job_postings(batch: &mut WriteBatch, jobs: &[IndexJob]) {
+    let mut fields: Vec<[u8; layout::FIELD_KEY_LEN]> =
+        jobs.iter().flat_map(|j| j.fields.iter().copied()).collect();
+    put_postings(batch, &mut fields);
+}
+
 fn watermark_puts(batch: &mut WriteBatch, ends: &HashMap<LogId, (Arc<LogInfo>, u64)>) {
     for (log_id, (_, end)) in ends {
         batch.put(
@@ -252,9 +259,7 @@ fn write(store: &dyn Store, jobs: &[IndexJob]) {
     // Sorted, so that the memtable's skiplist inserts reuse their search position: random
     // keys in arrival order cost several times more to insert.
     leaf_hash_puts(&mut batch, sorted_leaf_hash_keys(jobs));
-    let mut fields: Vec<[u8; layout::FIELD_KEY_LEN]> =
-        jobs.iter().flat_map(|j| j.fields.iter().copied()).collect();
-    put_postings(&mut batch, &mut fields);
+    job_postings(&mut batch, jobs);
     watermark_puts(&mut batch, &watermarks(jobs));
     // Derived data: WAL-logged but not synced. A crash may lose the tail; the watermark,
     // in the same batch, is lost with it and the open re-indexes from there.
@@ -278,9 +283,7 @@ fn ingest(store: &dyn Store, jobs: &[IndexJob]) -> bool {
     let mut hashes = WriteBatch::new();
     leaf_hash_puts(&mut hashes, sorted_leaf_hash_keys(jobs));
     let mut postings = WriteBatch::new();
-    let mut fields: Vec<[u8; layout::FIELD_KEY_LEN]> =
-        jobs.iter().flat_map(|j| j.fields.iter().copied()).collect();
-    put_postings(&mut postings, &mut fields);
+    job_postings(&mut postings, jobs);
     let result = store
         .ingest(Space::LeafHashes, hashes)
         .and_then(|()| store.ingest(Space::Fields, postings));
