@@ -814,8 +814,7 @@ fn fields_from(
 /// the posting list of its field value's bucket (or, written before posting lists, under a key
 /// of its own with an empty value).
 fn check_field_entries(store: &dyn Store, keys: &[[u8; layout::FIELD_KEY_LEN]]) -> Check {
-    let mut grouped = keys.to_vec();
-    let lists = layout::field_postings(&mut grouped);
+    let lists = layout::field_postings(keys);
     let refs: Vec<&[u8]> = lists.iter().map(|(k, _, _)| &k[..]).collect();
     let mut problem = None;
     // Expected entries not in their bucket's list, to look up as entries of their own.

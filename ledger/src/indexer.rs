@@ -236,9 +236,7 @@ fn leaf_hash_puts(batch: &mut WriteBatch, keyed: Vec<(u128, u64)>) {
 
 /// The search-index entries of `jobs` as posting-list merges ([`put_postings`]).
 fn job_postings(batch: &mut WriteBatch, jobs: &[IndexJob]) {
-    let mut fields: Vec<[u8; layout::FIELD_KEY_LEN]> =
-        jobs.iter().flat_map(|j| j.fields.iter().copied()).collect();
-    put_postings(batch, &mut fields);
+    put_postings(batch, jobs.iter().flat_map(|j| &j.fields));
 }
 
 fn watermark_puts(batch: &mut WriteBatch, ends: &HashMap<LogId, (Arc<LogInfo>, u64)>) {
@@ -393,13 +391,16 @@ pub(crate) fn index_entries(
              (the state records {to} leaves)"
         )));
     }
-    put_postings(&mut batch, &mut fields);
+    put_postings(&mut batch, &fields);
     Ok(batch)
 }
 
 /// Adds search-index entries (one [`layout::field_index_key`] per field and leaf) to `batch`
 /// as posting-list merges, one per (field, value, bucket).
-pub(crate) fn put_postings(batch: &mut WriteBatch, entries: &mut [[u8; layout::FIELD_KEY_LEN]]) {
+pub(crate) fn put_postings<'a>(
+    batch: &mut WriteBatch,
+    entries: impl IntoIterator<Item = &'a [u8; layout::FIELD_KEY_LEN]>,
+) {
     for (key, base, leaves) in layout::field_postings(entries) {
         batch.merge(
             Space::Fields,

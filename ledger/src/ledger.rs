@@ -1009,7 +1009,7 @@ fn index_fields_of_old_log(
             )));
         }
         let mut batch = WriteBatch::with_capacity(keys.len() / 4 + 1);
-        crate::indexer::put_postings(&mut batch, &mut keys);
+        crate::indexer::put_postings(&mut batch, &keys);
         if end == tree_size {
             batch.put(
                 Space::Meta,
