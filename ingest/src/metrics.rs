@@ -156,6 +156,12 @@ pub fn render(ledger: &Ledger, server: &ServerMetrics) -> String {
         "Leaf-hash and search-index runs gathered at high ingest rates and ingested as table files (through the memtables while those still hold entries).",
         m.index_ingests.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "auditledger_index_ingests_written_total",
+        "Ingests of those runs (two per run: leaf hashes, search index) written through the memtables because these still held entries; the rest became table files.",
+        m.index_ingests_written.load(Ordering::Relaxed),
+    );
     histogram(
         &mut out,
         "auditledger_fsync_seconds",

@@ -27,7 +27,7 @@ use crate::error::LedgerError;
 use crate::layout::{self, LogId, Space};
 use crate::ledger::{LogInfo, Shared};
 use crate::merkle::{Hash, leaf_hash};
-use crate::store::{Direction, Store, WriteBatch};
+use crate::store::{Direction, Ingested, Store, WriteBatch};
 
 /// New leaves of one log, committed and durable, to index.
 pub(crate) struct IndexJob {
@@ -166,7 +166,7 @@ pub(crate) struct Run {
 /// returns once `gather` has returned and every run is written.
 pub(crate) fn write_runs(shared: Arc<Shared>, runs: mpsc::Receiver<Run>) {
     for run in runs {
-        if run.ingest && ingest(shared.store.as_ref(), &run.jobs) {
+        if run.ingest && ingest(&shared, &run.jobs) {
             shared.metrics.index_ingests.fetch_add(1, Ordering::Relaxed);
             publish(&run.jobs);
             continue;
@@ -277,17 +277,26 @@ fn write_retrying(store: &dyn Store, batch: WriteBatch, what: &str) {
 
 /// Ingests the entries of `jobs` as two sorted runs, then writes their watermarks; false
 /// (nothing published, the caller writes them instead) if an ingest failed.
-fn ingest(store: &dyn Store, jobs: &[IndexJob]) -> bool {
+fn ingest(shared: &Shared, jobs: &[IndexJob]) -> bool {
+    let store = shared.store.as_ref();
     let mut hashes = WriteBatch::new();
     leaf_hash_puts(&mut hashes, sorted_leaf_hash_keys(jobs));
     let mut postings = WriteBatch::new();
     job_postings(&mut postings, jobs);
-    let result = store
-        .ingest(Space::LeafHashes, hashes)
-        .and_then(|()| store.ingest(Space::Fields, postings));
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "ingesting the leaf-hash and search indexes failed; writing them instead");
-        return false;
+    for (space, batch) in [(Space::LeafHashes, hashes), (Space::Fields, postings)] {
+        match store.ingest(space, batch) {
+            Ok(Ingested::AsTable) => {}
+            Ok(Ingested::Written) => {
+                shared
+                    .metrics
+                    .index_ingests_written
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ingesting the leaf-hash and search indexes failed; writing them instead");
+                return false;
+            }
+        }
     }
     let mut marks = WriteBatch::new();
     watermark_puts(&mut marks, &watermarks(jobs));

@@ -66,8 +66,11 @@ pub struct LedgerMetrics {
     /// Leaf-hash and search-index batches the indexer wrote through the memtables (low
     /// rates) ...
     pub index_writes: AtomicU64,
-    /// ... and gathered runs it ingested as table files (high rates).
+    /// ... and gathered runs it ingested as table files (high rates) ...
     pub index_ingests: AtomicU64,
+    /// ... of whose ingests (two per run: leaf hashes, search index) these went through the
+    /// memtables instead, because those still held entries.
+    pub index_ingests_written: AtomicU64,
 }
 
 impl LedgerMetrics {

@@ -394,6 +394,14 @@ fn fast_appends_ingest_their_indexes_and_lookups_do_not_wait_the_linger(store: A
         ingests >= 1,
         "30 000 leaves appended at once were ingested ({ingests} runs)"
     );
+    let written = ledger
+        .metrics()
+        .index_ingests_written
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        written <= 2 * ingests,
+        "{written} of the {ingests} runs' ingests (two each) went through the memtables"
+    );
     let want: Vec<u64> = (0..30_000).filter(|n| n % 13 == 5).collect();
     let search = |log: &auditledger_ledger::Log| {
         log.index_candidates(

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Direction, Store, StoreError, WriteBatch};
+use super::{Direction, Ingested, Store, StoreError, WriteBatch};
 use crate::event::AuditEvent;
 use crate::layout::Space;
 use crate::{Ledger, LedgerError, Receipt};
@@ -148,8 +148,13 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     /// Faulted as an unsynced write.
-    fn ingest(&self, space: Space, batch: WriteBatch) -> Result<(), StoreError> {
-        self.faulted_write(batch, false, |inner, batch| inner.ingest(space, batch))
+    fn ingest(&self, space: Space, batch: WriteBatch) -> Result<Ingested, StoreError> {
+        let mut how = Ingested::Written;
+        self.faulted_write(batch, false, |inner, batch| {
+            how = inner.ingest(space, batch)?;
+            Ok(())
+        })?;
+        Ok(how)
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

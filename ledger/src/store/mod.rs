@@ -159,6 +159,16 @@ impl WriteBatch {
     }
 }
 
+/// How [`Store::ingest`] added a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingested {
+    /// As a table file of its own: no write-ahead log record, no memtable insert.
+    AsTable,
+    /// Through the ordinary unsynced write path (an engine without table ingestion, or
+    /// RocksDB while the space's memtables held entries).
+    Written,
+}
+
 /// Checks that `batch` can be given to [`Store::ingest`] for `space`: puts and merges of that
 /// space only, keys strictly ascending.
 pub fn check_ingestible(space: Space, batch: &WriteBatch) -> Result<(), StoreError> {
@@ -244,10 +254,11 @@ pub trait Store: Send + Sync + 'static {
     /// where the engine allows, it bypasses the write-ahead log and memtables (RocksDB writes
     /// a table file and ingests it, durable on return, unless the space's memtables hold
     /// entries), which for random keys costs far less CPU than inserting each into a
-    /// memtable. Otherwise it is `write(batch, false)`.
-    fn ingest(&self, space: Space, batch: WriteBatch) -> Result<(), StoreError> {
+    /// memtable. Otherwise it is `write(batch, false)`. Says which of the two it did.
+    fn ingest(&self, space: Space, batch: WriteBatch) -> Result<Ingested, StoreError> {
         check_ingestible(space, &batch)?;
-        self.write(batch, false)
+        self.write(batch, false)?;
+        Ok(Ingested::Written)
     }
 
     /// Makes every write that returned before this call durable (no-op for stores whose writes
