@@ -89,7 +89,7 @@ fn init_keys_demo_fsck() {
         let last = leaf.len() - 1;
         leaf[last] ^= 0x01;
         let mut b = WriteBatch::new();
-        b.put(Space::Leaves, key.to_vec(), leaf);
+        b.put(Space::Leaves, key, leaf);
         store.write(b, true).unwrap();
     }
     let fsck = auditledger(&["fsck", "--config", &config(&dir)]);

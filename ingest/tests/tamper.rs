@@ -216,7 +216,7 @@ fn flip_value(store: &RocksStore, space: Space, key: &[u8], at: impl FnOnce(&[u8
     let i = at(&value);
     value[i] ^= 0x01;
     let mut batch = WriteBatch::new();
-    batch.put(space, key.to_vec(), value);
+    batch.put(space, key, value);
     store.write(batch, true).unwrap();
 }
 

@@ -238,21 +238,26 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// built from the canonical event encoding.
 pub fn encode_leaf(event_bytes: &[u8], logged_at: u64, principal: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(event_bytes.len() + principal.len() + 24);
+    encode_leaf_into(&mut out, event_bytes, logged_at, principal);
+    out
+}
+
+/// [`encode_leaf`], appended to `out`.
+pub fn encode_leaf_into(out: &mut Vec<u8>, event_bytes: &[u8], logged_at: u64, principal: &str) {
     // Field 1 (event), wire type 2. An empty event is a present-but-default message: prost
     // writes it as tag + zero length, and so do we.
     out.push(0x0A);
-    put_varint(&mut out, event_bytes.len() as u64);
+    put_varint(out, event_bytes.len() as u64);
     out.extend_from_slice(event_bytes);
     if logged_at != 0 {
         out.push(0x10);
-        put_varint(&mut out, logged_at);
+        put_varint(out, logged_at);
     }
     if !principal.is_empty() {
         out.push(0x1A);
-        put_varint(&mut out, principal.len() as u64);
+        put_varint(out, principal.len() as u64);
         out.extend_from_slice(principal.as_bytes());
     }
-    out
 }
 
 /// Errors decoding stored leaves.

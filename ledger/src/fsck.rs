@@ -1228,13 +1228,13 @@ mod search_index_tests {
 
     fn put(store: &Arc<dyn Store>, space: Space, key: &[u8]) {
         let mut b = WriteBatch::new();
-        b.put(space, key.to_vec(), Vec::new());
+        b.put(space, key, Vec::new());
         store.write(b, true).unwrap();
     }
 
     fn delete(store: &Arc<dyn Store>, space: Space, key: &[u8]) {
         let mut b = WriteBatch::new();
-        b.delete(space, key.to_vec());
+        b.delete(space, key);
         store.write(b, true).unwrap();
     }
 
@@ -1254,7 +1254,7 @@ mod search_index_tests {
         assert_eq!(problems(&store), "");
         let set = |space: Space, key: &[u8], value: u64| {
             let mut b = WriteBatch::new();
-            b.put(space, key.to_vec(), value.to_be_bytes().to_vec());
+            b.put(space, key, value.to_be_bytes());
             store.write(b, true).unwrap();
         };
         set(Space::Meta, &layout::meta_indexed_key(0), 25);
@@ -1357,11 +1357,7 @@ mod search_index_tests {
         let key = |leaf| layout::field_index_key(0, IndexedField::UserId.tag(), &user3, leaf);
         let set_list = |leaves: &[u64]| {
             let mut b = WriteBatch::new();
-            b.put(
-                Space::Fields,
-                key(0).to_vec(),
-                layout::encode_postings(0, leaves),
-            );
+            b.put(Space::Fields, key(0), layout::encode_postings(0, leaves));
             store.write(b, true).unwrap();
         };
         let with = |extra: u64| {
@@ -1389,7 +1385,7 @@ mod search_index_tests {
             problems(&store)
         );
         let mut b = WriteBatch::new();
-        b.put(Space::Fields, key(0).to_vec(), vec![0x80]);
+        b.put(Space::Fields, key(0), vec![0x80]);
         store.write(b, true).unwrap();
         assert!(
             problems(&store).contains("is malformed"),

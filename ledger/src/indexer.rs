@@ -226,11 +226,7 @@ fn sorted_leaf_hash_keys(jobs: &[IndexJob]) -> Vec<(u128, u64)> {
 
 fn leaf_hash_puts(batch: &mut WriteBatch, keyed: Vec<(u128, u64)>) {
     for (key, index) in keyed {
-        batch.put(
-            Space::LeafHashes,
-            key.to_be_bytes().to_vec(),
-            index.to_be_bytes().to_vec(),
-        );
+        batch.put(Space::LeafHashes, key.to_be_bytes(), index.to_be_bytes());
     }
 }
 
@@ -243,8 +239,8 @@ fn watermark_puts(batch: &mut WriteBatch, ends: &HashMap<LogId, (Arc<LogInfo>, u
     for (log_id, (_, end)) in ends {
         batch.put(
             Space::Meta,
-            layout::meta_indexed_key(*log_id).to_vec(),
-            end.to_be_bytes().to_vec(),
+            layout::meta_indexed_key(*log_id),
+            end.to_be_bytes(),
         );
     }
 }
@@ -339,8 +335,8 @@ pub(crate) fn catch_up(
         let mut batch = index_entries(store, log_id, at, end)?;
         batch.put(
             Space::Meta,
-            layout::meta_indexed_key(log_id).to_vec(),
-            end.to_be_bytes().to_vec(),
+            layout::meta_indexed_key(log_id),
+            end.to_be_bytes(),
         );
         store.write(batch, false)?;
         at = end;
@@ -371,8 +367,8 @@ pub(crate) fn index_entries(
             }
             batch.put(
                 Space::LeafHashes,
-                layout::leaf_hash_key(log_id, &leaf_hash(v)).to_vec(),
-                next.to_be_bytes().to_vec(),
+                layout::leaf_hash_key(log_id, &leaf_hash(v)),
+                next.to_be_bytes(),
             );
             match crate::event::decode_leaf(v) {
                 Ok(record) => {
@@ -411,10 +407,6 @@ pub(crate) fn put_postings<'a>(
     entries: impl IntoIterator<Item = &'a [u8; layout::FIELD_KEY_LEN]>,
 ) {
     for (key, base, leaves) in layout::field_postings(entries) {
-        batch.merge(
-            Space::Fields,
-            key.to_vec(),
-            layout::encode_postings(base, &leaves),
-        );
+        batch.merge(Space::Fields, key, layout::encode_postings(base, &leaves));
     }
 }

@@ -322,7 +322,7 @@ impl Shared {
             let note = checkpoint.sign(&signers)?;
             batch.put(
                 Space::Checkpoints,
-                layout::checkpoint_key(info.log_id, size).to_vec(),
+                layout::checkpoint_key(info.log_id, size),
                 note.clone().into_bytes(),
             );
             signed.push((info, SignedCheckpoint { checkpoint, note }));
@@ -798,8 +798,8 @@ fn check_format_version(store: &dyn Store) -> Result<(), LedgerError> {
             let mut b = WriteBatch::new();
             b.put(
                 Space::Meta,
-                layout::META_FORMAT_VERSION.to_vec(),
-                FORMAT_VERSION.to_be_bytes().to_vec(),
+                layout::META_FORMAT_VERSION,
+                FORMAT_VERSION.to_be_bytes(),
             );
             store.write(b, true)?;
             Ok(())
@@ -1013,8 +1013,8 @@ fn index_fields_of_old_log(
         if end == tree_size {
             batch.put(
                 Space::Meta,
-                layout::meta_fields_from_key(log_id).to_vec(),
-                from.to_be_bytes().to_vec(),
+                layout::meta_fields_from_key(log_id),
+                from.to_be_bytes(),
             );
             store.write(batch, true)?;
             return Ok(());
@@ -1606,7 +1606,7 @@ impl Log {
         let mut batch = WriteBatch::with_capacity(1);
         batch.put(
             Space::Meta,
-            layout::meta_segment_key(self.info.log_id, record.start).to_vec(),
+            layout::meta_segment_key(self.info.log_id, record.start),
             record.encode(),
         );
         self.shared.store.write(batch, true)?;
@@ -1666,12 +1666,12 @@ impl Log {
         let mut batch = WriteBatch::with_capacity(2);
         batch.delete_range(
             Space::Leaves,
-            layout::leaf_key(self.info.log_id, start).to_vec(),
-            layout::leaf_key(self.info.log_id, record.end()).to_vec(),
+            layout::leaf_key(self.info.log_id, start),
+            layout::leaf_key(self.info.log_id, record.end()),
         );
         batch.put(
             Space::Meta,
-            layout::meta_segment_key(self.info.log_id, start).to_vec(),
+            layout::meta_segment_key(self.info.log_id, start),
             record.encode(),
         );
         self.shared.store.write(batch, true)?;

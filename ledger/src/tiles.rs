@@ -363,17 +363,13 @@ mod tests {
             for _ in 0..batch.min(total - i) {
                 let leaf = i.to_be_bytes();
                 let h = leaf_hash(&leaf);
-                b.put(
-                    Space::Leaves,
-                    layout::leaf_key(3, i).to_vec(),
-                    leaf.to_vec(),
-                );
+                b.put(Space::Leaves, layout::leaf_key(3, i), leaf);
                 edge.append(h, &mut completed);
                 tree.append(h);
                 i += 1;
             }
             for (tile, value) in completed {
-                b.put(Space::Tiles, layout::tile_key(3, tile).to_vec(), value);
+                b.put(Space::Tiles, layout::tile_key(3, tile), value);
             }
             store.write(b, true).unwrap();
             snapshots.push(Arc::new(edge.snapshot()));
@@ -437,11 +433,7 @@ mod tests {
     fn rebuilding_the_edge_reports_a_missing_leaf() {
         let store = MemoryStore::new();
         let mut b = WriteBatch::new();
-        b.put(
-            Space::Leaves,
-            layout::leaf_key(0, 0).to_vec(),
-            b"a".to_vec(),
-        );
+        b.put(Space::Leaves, layout::leaf_key(0, 0), b"a");
         store.write(b, true).unwrap();
         let err = TileEdge::load(&store, 0, 2).unwrap_err();
         assert!(

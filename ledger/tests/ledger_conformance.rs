@@ -289,14 +289,11 @@ fn leaf_hash_index_tail_is_rebuilt_on_open(store: Arc<dyn Store>) {
     let mut b = WriteBatch::new();
     b.put(
         Space::Meta,
-        layout::meta_indexed_key(0).to_vec(),
-        100u64.to_be_bytes().to_vec(),
+        layout::meta_indexed_key(0),
+        100u64.to_be_bytes(),
     );
     for r in &receipts[100..] {
-        b.delete(
-            Space::LeafHashes,
-            layout::leaf_hash_key(0, &r.leaf_hash).to_vec(),
-        );
+        b.delete(Space::LeafHashes, layout::leaf_hash_key(0, &r.leaf_hash));
     }
     // Every posting list of bucket 0 keeps only its leaves below 100.
     let mut lists = Vec::new();
@@ -609,7 +606,7 @@ fn archived_segments_release_hot_leaves_and_keep_proofs(store: Arc<dyn Store>) {
         "{problems:?}"
     );
     let mut b = WriteBatch::new();
-    b.delete(Space::Leaves, key.to_vec());
+    b.delete(Space::Leaves, key);
     store.write(b, true).unwrap();
     let forged = SegmentRecord {
         root: [7; 32],
@@ -651,7 +648,7 @@ fn fsck_detects_tampering(make: &dyn Fn() -> Arc<dyn Store>) {
             "deleted leaf",
             |s| {
                 let mut b = WriteBatch::new();
-                b.delete(Space::Leaves, layout::leaf_key(0, 7).to_vec());
+                b.delete(Space::Leaves, layout::leaf_key(0, 7));
                 s.write(b, true).unwrap();
             },
             "leaves [7, 8) are missing",
@@ -760,7 +757,7 @@ fn fsck_detects_tampering(make: &dyn Fn() -> Arc<dyn Store>) {
 
 fn put(s: &dyn Store, space: Space, key: &[u8], value: Vec<u8>) {
     let mut b = WriteBatch::new();
-    b.put(space, key.to_vec(), value);
+    b.put(space, key, value);
     s.write(b, true).unwrap();
 }
 

@@ -49,24 +49,20 @@ fn ingest_adds_sorted_runs_and_refuses_anything_else(store: &dyn Store) {
     // Written the usual way first: ingest must take the place of the put and add to the list.
     let posting = field_index_key(u32::MAX - 1, 9, &[7; 8], 0);
     let mut b = WriteBatch::new();
-    b.put(Space::LeafHashes, hash_key(3).to_vec(), b"old".to_vec());
-    b.merge(Space::Fields, posting.to_vec(), encode_postings(0, &[5]));
+    b.put(Space::LeafHashes, hash_key(3), b"old");
+    b.merge(Space::Fields, posting, encode_postings(0, &[5]));
     store.write(b, false).expect("write");
 
     let mut b = WriteBatch::new();
     for i in [1u8, 3, 7] {
-        b.put(Space::LeafHashes, hash_key(i).to_vec(), vec![i]);
+        b.put(Space::LeafHashes, hash_key(i), vec![i]);
     }
     store.ingest(Space::LeafHashes, b).expect("ingest puts");
     let mut b = WriteBatch::new();
-    b.merge(Space::Fields, posting.to_vec(), encode_postings(0, &[2, 9]));
+    b.merge(Space::Fields, posting, encode_postings(0, &[2, 9]));
     store.ingest(Space::Fields, b).expect("ingest merges");
     let mut b = WriteBatch::new();
-    b.merge(
-        Space::Fields,
-        posting.to_vec(),
-        encode_postings(0, &[9, 11]),
-    );
+    b.merge(Space::Fields, posting, encode_postings(0, &[9, 11]));
     store
         .ingest(Space::Fields, b)
         .expect("ingest over an ingested run");
@@ -105,26 +101,26 @@ fn ingest_adds_sorted_runs_and_refuses_anything_else(store: &dyn Store) {
         other => panic!("{what}: expected a refusal, got {other:?}"),
     };
     let mut b = WriteBatch::new();
-    b.put(Space::LeafHashes, hash_key(9).to_vec(), vec![9]);
-    b.put(Space::LeafHashes, hash_key(8).to_vec(), vec![8]);
+    b.put(Space::LeafHashes, hash_key(9), vec![9]);
+    b.put(Space::LeafHashes, hash_key(8), vec![8]);
     refused(b, Space::LeafHashes, "key 1 (ee08000001) is not above");
     let mut b = WriteBatch::new();
-    b.put(Space::LeafHashes, hash_key(9).to_vec(), vec![9]);
-    b.put(Space::LeafHashes, hash_key(9).to_vec(), vec![10]);
+    b.put(Space::LeafHashes, hash_key(9), vec![9]);
+    b.put(Space::LeafHashes, hash_key(9), vec![10]);
     refused(b, Space::LeafHashes, "strictly ascending");
     let mut b = WriteBatch::new();
-    b.put(Space::LeafHashes, hash_key(9).to_vec(), vec![9]);
-    b.put(Space::Leaves, hash_key(10).to_vec(), vec![9]);
+    b.put(Space::LeafHashes, hash_key(9), vec![9]);
+    b.put(Space::Leaves, hash_key(10), vec![9]);
     refused(b, Space::LeafHashes, "operation 1 writes to leaves");
     let mut b = WriteBatch::new();
-    b.delete(Space::LeafHashes, hash_key(1).to_vec());
+    b.delete(Space::LeafHashes, hash_key(1));
     refused(b, Space::LeafHashes, "operation 0 is a delete");
     assert_eq!(ingested(store), expected, "refused ingests write nothing");
     assert_eq!(get(store, Space::Leaves, &hash_key(10)), None);
 
     let mut b = WriteBatch::new();
     b.delete_range(Space::LeafHashes, vec![0xEE], vec![0xEF]);
-    b.delete(Space::Fields, posting.to_vec());
+    b.delete(Space::Fields, posting);
     store.write(b, false).expect("clean up");
 }
 
@@ -145,21 +141,13 @@ fn merges_take_the_union_and_malformed_ones_are_errors(store: &dyn Store) {
         out
     };
     let mut b = WriteBatch::new();
-    b.put(Space::Fields, key.to_vec(), Vec::new());
-    b.merge(
-        Space::Fields,
-        key.to_vec(),
-        encode_postings(4096, &[4100, 4200]),
-    );
-    b.merge(Space::Fields, key.to_vec(), encode_postings(4096, &[4097]));
+    b.put(Space::Fields, key, Vec::new());
+    b.merge(Space::Fields, key, encode_postings(4096, &[4100, 4200]));
+    b.merge(Space::Fields, key, encode_postings(4096, &[4097]));
     store.write(b, true).expect("write merges");
     assert_eq!(leaves(store), [4096, 4097, 4100, 4200]);
     let mut b = WriteBatch::new();
-    b.merge(
-        Space::Fields,
-        key.to_vec(),
-        encode_postings(4096, &[4100, 5000]),
-    );
+    b.merge(Space::Fields, key, encode_postings(4096, &[4100, 5000]));
     store.write(b, false).expect("write merge");
     assert_eq!(leaves(store), [4096, 4097, 4100, 4200, 5000], "union");
     let mut seen = Vec::new();
@@ -181,7 +169,7 @@ fn merges_take_the_union_and_malformed_ones_are_errors(store: &dyn Store) {
 
     let other = field_index_key(u32::MAX, 9, &[8; 8], 0);
     let mut b = WriteBatch::new();
-    b.merge(Space::Fields, other.to_vec(), vec![0x80]);
+    b.merge(Space::Fields, other, vec![0x80]);
     let written = store.write(b, true);
     let read = store.get(Space::Fields, &other);
     assert!(
@@ -191,18 +179,18 @@ fn merges_take_the_union_and_malformed_ones_are_errors(store: &dyn Store) {
     if written.is_ok() {
         // Leave the store readable for the properties that scan everything.
         let mut b = WriteBatch::new();
-        b.delete(Space::Fields, other.to_vec());
+        b.delete(Space::Fields, other);
         store.write(b, true).expect("delete");
     }
     let mut b = WriteBatch::new();
-    b.delete(Space::Fields, key.to_vec());
+    b.delete(Space::Fields, key);
     store.write(b, true).expect("delete");
 }
 
 fn put_get_and_missing(store: &dyn Store) {
     let mut b = WriteBatch::new();
-    b.put(Space::Leaves, b"pg/a".to_vec(), b"1".to_vec());
-    b.put(Space::Leaves, b"pg/b".to_vec(), Vec::new());
+    b.put(Space::Leaves, b"pg/a", b"1");
+    b.put(Space::Leaves, b"pg/b", Vec::new());
     store.write(b, true).expect("write");
     assert_eq!(
         get(store, Space::Leaves, b"pg/a"),
@@ -216,7 +204,7 @@ fn put_get_and_missing(store: &dyn Store) {
     );
     assert_eq!(get(store, Space::Leaves, b"pg/c"), None, "missing key");
     let mut b = WriteBatch::new();
-    b.put(Space::Leaves, b"pg/a".to_vec(), b"2".to_vec());
+    b.put(Space::Leaves, b"pg/a", b"2");
     store.write(b, false).expect("write");
     assert_eq!(
         get(store, Space::Leaves, b"pg/a"),
@@ -227,10 +215,10 @@ fn put_get_and_missing(store: &dyn Store) {
 
 fn batch_applies_in_order(store: &dyn Store) {
     let mut b = WriteBatch::new();
-    b.put(Space::Tiles, b"ord/x".to_vec(), b"1".to_vec());
-    b.delete(Space::Tiles, b"ord/x".to_vec());
-    b.delete(Space::Tiles, b"ord/y".to_vec());
-    b.put(Space::Tiles, b"ord/y".to_vec(), b"2".to_vec());
+    b.put(Space::Tiles, b"ord/x", b"1");
+    b.delete(Space::Tiles, b"ord/x");
+    b.delete(Space::Tiles, b"ord/y");
+    b.put(Space::Tiles, b"ord/y", b"2");
     store.write(b, true).expect("write");
     assert_eq!(
         get(store, Space::Tiles, b"ord/x"),
@@ -246,8 +234,8 @@ fn batch_applies_in_order(store: &dyn Store) {
 
 fn spaces_are_isolated(store: &dyn Store) {
     let mut b = WriteBatch::new();
-    b.put(Space::EventIds, b"iso".to_vec(), b"e".to_vec());
-    b.put(Space::Checkpoints, b"iso".to_vec(), b"c".to_vec());
+    b.put(Space::EventIds, b"iso", b"e");
+    b.put(Space::Checkpoints, b"iso", b"c");
     store.write(b, true).expect("write");
     assert_eq!(get(store, Space::EventIds, b"iso"), Some(b"e".to_vec()));
     assert_eq!(get(store, Space::Checkpoints, b"iso"), Some(b"c".to_vec()));
@@ -286,8 +274,8 @@ fn delete_range_is_half_open(store: &dyn Store) {
 
 fn multi_get_visits_in_order(store: &dyn Store) {
     let mut b = WriteBatch::new();
-    b.put(Space::Meta, b"mg/1".to_vec(), b"one".to_vec());
-    b.put(Space::Meta, b"mg/3".to_vec(), b"three".to_vec());
+    b.put(Space::Meta, b"mg/1", b"one");
+    b.put(Space::Meta, b"mg/3", b"three");
     store.write(b, true).expect("write");
     let keys: [&[u8]; 4] = [b"mg/3", b"mg/2", b"mg/1", b"mg/3"];
     let mut seen = Vec::new();
@@ -311,7 +299,7 @@ fn multi_get_visits_in_order(store: &dyn Store) {
 fn scans_respect_bounds_and_direction(store: &dyn Store) {
     let mut b = WriteBatch::new();
     for k in [&b"sc/a"[..], b"sc/b", b"sc/c", b"sc/d", b"sd"] {
-        b.put(Space::Checkpoints, k.to_vec(), k.to_vec());
+        b.put(Space::Checkpoints, k, k);
     }
     store.write(b, true).expect("write");
     let fwd = scan(
@@ -374,7 +362,7 @@ fn scans_respect_bounds_and_direction(store: &dyn Store) {
 /// Writes durably through `first`, drops it, reopens with `reopen`, and checks the data.
 pub fn check_reopen<S: Store>(first: S, reopen: impl FnOnce() -> S) {
     let mut b = WriteBatch::new();
-    b.put(Space::Leaves, b"durable".to_vec(), b"yes".to_vec());
+    b.put(Space::Leaves, b"durable", b"yes");
     first.write(b, true).expect("write");
     drop(first);
     let again = reopen();
@@ -406,7 +394,7 @@ mod tests {
             ..Default::default()
         });
         let mut b = WriteBatch::new();
-        b.put(Space::Leaves, b"k".to_vec(), b"v".to_vec());
+        b.put(Space::Leaves, b"k", b"v");
         assert!(matches!(
             store.write(b.clone(), true),
             Err(StoreError::Injected(_))

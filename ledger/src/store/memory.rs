@@ -30,26 +30,22 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn write(&self, batch: WriteBatch, _durable: bool) -> Result<(), StoreError> {
         let mut spaces = self.spaces.write().unwrap_or_else(|p| p.into_inner());
-        let ops = resolve_merges(&spaces, batch.ops)?;
+        let ops = resolve_merges(&spaces, &batch)?;
         // Nothing below can fail: the batch applies whole (as RocksDB applies it).
         for op in ops {
             match op {
-                WriteOp::Put { space, key, value } => {
+                Resolved::Put { space, key, value } => {
                     spaces.entry(space).or_default().insert(key, value);
                 }
-                WriteOp::Merge { .. } => unreachable!("resolved into puts above"),
-                WriteOp::Delete { space, key } => {
+                Resolved::Delete { space, key } => {
                     if let Some(map) = spaces.get_mut(&space) {
-                        map.remove(&key);
+                        map.remove(key);
                     }
                 }
-                WriteOp::DeleteRange { space, start, end } => {
+                Resolved::DeleteRange { space, start, end } => {
                     if let Some(map) = spaces.get_mut(&space) {
                         let doomed: Vec<Vec<u8>> = map
-                            .range::<[u8], _>((
-                                Bound::Included(&start[..]),
-                                Bound::Excluded(&end[..]),
-                            ))
+                            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
                             .map(|(k, _)| k.clone())
                             .collect();
                         for k in doomed {
@@ -118,68 +114,94 @@ impl Store for MemoryStore {
 /// the stored value as changed by the batch's earlier operations (puts, deletes, ranges and
 /// merges before it, as RocksDB orders them). A merge that cannot apply (no operator, malformed
 /// value) fails the whole batch before anything is written.
-fn resolve_merges(
+fn resolve_merges<'a>(
     spaces: &BTreeMap<Space, Map>,
-    ops: Vec<WriteOp>,
-) -> Result<Vec<WriteOp>, StoreError> {
-    if !ops.iter().any(|op| matches!(op, WriteOp::Merge { .. })) {
-        return Ok(ops);
-    }
+    batch: &'a WriteBatch,
+) -> Result<Vec<Resolved<'a>>, StoreError> {
     // What the batch has done so far to each key it touched (None: deleted), and the ranges
     // it deleted, for keys it did not touch individually.
-    let mut overlay: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
-    let mut ranges: Vec<(Space, Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut resolved = Vec::with_capacity(ops.len());
-    for op in ops {
+    let mut overlay: BTreeMap<(Space, &[u8]), Option<Vec<u8>>> = BTreeMap::new();
+    let mut ranges: Vec<(Space, &[u8], &[u8])> = Vec::new();
+    let has_merges = batch.ops().any(|op| matches!(op, WriteOp::Merge { .. }));
+    let mut resolved = Vec::with_capacity(batch.len());
+    for op in batch.ops() {
         match op {
             WriteOp::Put { space, key, value } => {
-                overlay.insert((space, key.clone()), Some(value.clone()));
-                resolved.push(WriteOp::Put { space, key, value });
+                if has_merges {
+                    overlay.insert((space, key), Some(value.to_vec()));
+                }
+                resolved.push(Resolved::Put {
+                    space,
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                });
             }
             WriteOp::Delete { space, key } => {
-                overlay.insert((space, key.clone()), None);
-                resolved.push(WriteOp::Delete { space, key });
+                if has_merges {
+                    overlay.insert((space, key), None);
+                }
+                resolved.push(Resolved::Delete { space, key });
             }
             WriteOp::DeleteRange { space, start, end } => {
-                for ((s, k), v) in overlay.iter_mut() {
-                    if *s == space && k[..] >= start[..] && k[..] < end[..] {
-                        *v = None;
+                if has_merges {
+                    for ((s, k), v) in overlay.iter_mut() {
+                        if *s == space && *k >= start && *k < end {
+                            *v = None;
+                        }
                     }
+                    ranges.push((space, start, end));
                 }
-                ranges.push((space, start.clone(), end.clone()));
-                resolved.push(WriteOp::DeleteRange { space, start, end });
+                resolved.push(Resolved::DeleteRange { space, start, end });
             }
             WriteOp::Merge { space, key, value } => {
                 let merge = super::merge_operator(space).ok_or_else(|| {
                     StoreError::Unusable(format!("space {} has no merge operator", space.name()))
                 })?;
-                let current = match overlay.get(&(space, key.clone())) {
+                let current = match overlay.get(&(space, key)) {
                     Some(v) => v.clone(),
                     None if ranges
                         .iter()
-                        .any(|(s, a, b)| *s == space && key[..] >= a[..] && key[..] < b[..]) =>
+                        .any(|&(s, a, b)| s == space && key >= a && key < b) =>
                     {
                         None
                     }
-                    None => spaces.get(&space).and_then(|m| m.get(&key)).cloned(),
+                    None => spaces.get(&space).and_then(|m| m.get(key)).cloned(),
                 };
-                let merged = merge(&key, current.as_deref(), &[&value]).ok_or_else(|| {
+                let merged = merge(key, current.as_deref(), &[value]).ok_or_else(|| {
                     StoreError::Corruption(format!(
                         "merging into {} key {}: no merge operator or a malformed value",
                         space.name(),
-                        hex::encode(&key)
+                        hex::encode(key)
                     ))
                 })?;
-                overlay.insert((space, key.clone()), Some(merged.clone()));
-                resolved.push(WriteOp::Put {
+                overlay.insert((space, key), Some(merged.clone()));
+                resolved.push(Resolved::Put {
                     space,
-                    key,
+                    key: key.to_vec(),
                     value: merged,
                 });
             }
         }
     }
     Ok(resolved)
+}
+
+/// A batch operation with its merges applied, ready to change the maps.
+enum Resolved<'a> {
+    Put {
+        space: Space,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        space: Space,
+        key: &'a [u8],
+    },
+    DeleteRange {
+        space: Space,
+        start: &'a [u8],
+        end: &'a [u8],
+    },
 }
 
 #[cfg(test)]
@@ -202,17 +224,17 @@ mod tests {
         let store = MemoryStore::new();
         let key = field_index_key(1, 9, &[7; 8], 4096);
         let mut b = WriteBatch::new();
-        b.put(Space::Meta, b"before".to_vec(), b"x".to_vec());
-        b.put(Space::Fields, key.to_vec(), vec![0x80]);
-        b.merge(Space::Fields, key.to_vec(), encode_postings(4096, &[4097]));
+        b.put(Space::Meta, b"before", b"x");
+        b.put(Space::Fields, key, vec![0x80]);
+        b.merge(Space::Fields, key, encode_postings(4096, &[4097]));
         let err = store.write(b, true).unwrap_err();
         assert!(err.to_string().contains("malformed"), "{err}");
         assert_eq!(store.get(Space::Meta, b"before").unwrap(), None);
         assert_eq!(store.get(Space::Fields, &key).unwrap(), None);
 
         let mut b = WriteBatch::new();
-        b.merge(Space::Fields, key.to_vec(), encode_postings(4096, &[4100]));
-        b.merge(Space::Fields, key.to_vec(), encode_postings(4096, &[4097]));
+        b.merge(Space::Fields, key, encode_postings(4096, &[4100]));
+        b.merge(Space::Fields, key, encode_postings(4096, &[4097]));
         store.write(b, true).unwrap();
         assert_eq!(postings(&store, &key), [4097, 4100]);
 
@@ -220,8 +242,8 @@ mod tests {
         let mut b = WriteBatch::new();
         let mut end = key.to_vec();
         *end.last_mut().unwrap() += 1;
-        b.delete_range(Space::Fields, key.to_vec(), end);
-        b.merge(Space::Fields, key.to_vec(), encode_postings(4096, &[5000]));
+        b.delete_range(Space::Fields, key, end);
+        b.merge(Space::Fields, key, encode_postings(4096, &[5000]));
         store.write(b, true).unwrap();
         assert_eq!(postings(&store, &key), [5000]);
     }

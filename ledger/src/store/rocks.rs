@@ -418,8 +418,11 @@ fn direct_io_supported(dir: &Path) -> bool {
 
 impl Store for RocksStore {
     fn write(&self, batch: WriteBatch, durable: bool) -> Result<(), StoreError> {
-        let mut wb = rocksdb::WriteBatch::default();
-        for op in batch.ops {
+        // RocksDB's batch format: a 12-byte header, then per operation a tag, a column family
+        // id and two length-prefixed strings (~12 bytes besides the key and value).
+        let mut wb =
+            rocksdb::WriteBatch::with_capacity_bytes(12 + batch.bytes() + 12 * batch.len());
+        for op in batch.ops() {
             match op {
                 WriteOp::Put { space, key, value } => wb.put_cf(self.cf(space)?, key, value),
                 WriteOp::Delete { space, key } => wb.delete_cf(self.cf(space)?, key),
@@ -465,7 +468,7 @@ impl Store for RocksStore {
         let built = (|| {
             let mut writer = SstFileWriter::create(&self.cf_options[at]);
             writer.open(&file)?;
-            for op in &batch.ops {
+            for op in batch.ops() {
                 match op {
                     WriteOp::Put { key, value, .. } => writer.put(key, value)?,
                     WriteOp::Merge { key, value, .. } => writer.merge(key, value)?,
@@ -710,7 +713,7 @@ mod tests {
             for file in 0..3u32 {
                 let mut b = WriteBatch::new();
                 for i in file * 1000..(file + 1) * 1000 {
-                    b.put(Space::Leaves, i.to_be_bytes().to_vec(), value(i));
+                    b.put(Space::Leaves, i.to_be_bytes(), value(i));
                 }
                 store.write(b, true).unwrap();
                 store.db.flush_cf(store.cf(Space::Leaves).unwrap()).unwrap();
@@ -766,7 +769,7 @@ mod tests {
         let before = store.memory();
         for i in 0..256u32 {
             let mut b = WriteBatch::new();
-            b.put(Space::Leaves, i.to_be_bytes().to_vec(), vec![7; 8 << 10]);
+            b.put(Space::Leaves, i.to_be_bytes(), vec![7; 8 << 10]);
             store.write(b, false).unwrap();
         }
         let after = store.memory();
