@@ -32,7 +32,7 @@
 //! compression per leaf, far less than the fsync, and keeping them together means every tree
 //! size the store reports is fully hashed (no integration lag, nothing to replay on restart).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -47,6 +47,11 @@ use crate::ledger::{LogInfo, LogKey, Receipt, Shared};
 use crate::merkle::{Hash, HashReader, NodeId, leaf_hash};
 use crate::store::WriteBatch;
 use crate::tiles::{EdgeSnapshot, LogHashReader, TileEdge};
+
+/// The sequencer's maps are looked up several times per event (its log by tenant and
+/// environment, event ids in flight and in the group): foldhash instead of SipHash. Still
+/// seeded at random per map, so a gateway choosing event ids cannot predict collisions.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One validated, encoded event waiting to be sequenced.
 #[derive(Debug)]
@@ -170,7 +175,7 @@ impl Sequencer {
         next_log_id: LogId,
         index_tx: std_mpsc::SyncSender<IndexJob>,
     ) -> Result<Self, LedgerError> {
-        let mut logs = HashMap::new();
+        let mut logs = HashMap::default();
         for info in shared.all_logs() {
             let state = shared.load_state(info.log_id)?;
             let edge = TileEdge::from_snapshot(&info.edge_snapshot());
@@ -223,7 +228,7 @@ impl Sequencer {
             done: done_rx,
             threads: vec![writer, syncer],
             outstanding: VecDeque::new(),
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             next_seq: 1,
             epoch: 0,
             discard_through: 0,
@@ -500,7 +505,7 @@ impl Sequencer {
         // value; tiles and log state are a few per cent more.
         batch.reserve_bytes(event_bytes + event_count * 120 + 1024);
         let mut created = Vec::new();
-        let mut index_jobs: HashMap<LogId, IndexJob> = HashMap::new();
+        let mut index_jobs: HashMap<LogId, IndexJob> = HashMap::default();
 
         // Dedup against the store, for logs that existed before this group.
         let mut lookups: Vec<(LogId, [u8; 20])> = Vec::new();
@@ -512,7 +517,7 @@ impl Sequencer {
                 ));
             }
         }
-        let mut stored: HashMap<(LogId, [u8; 16]), u64> = HashMap::new();
+        let mut stored: HashMap<(LogId, [u8; 16]), u64> = HashMap::default();
         if !lookups.is_empty() {
             let keys: Vec<&[u8]> = lookups.iter().map(|(_, k)| &k[..]).collect();
             let mut corrupt = None;
@@ -545,7 +550,7 @@ impl Sequencer {
         let mut receipts: Vec<Vec<Receipt>> = Vec::with_capacity(events.len());
         let mut new_leaves: Vec<NewLeaf> = Vec::with_capacity(event_count);
         let mut leaf_bytes: Vec<u8> = Vec::with_capacity(event_bytes + event_count * 64);
-        let mut in_group: HashMap<(LogId, [u8; 16]), usize> = HashMap::new();
+        let mut in_group: HashMap<(LogId, [u8; 16]), usize> = HashMap::default();
         // (submission, receipt) positions of in-group copies and the new leaf they copy.
         let mut copies: Vec<(usize, usize, usize)> = Vec::new();
         for (s_index, submission) in events.iter().enumerate() {
