@@ -534,8 +534,16 @@ impl Ledger {
                     ),
                 ));
             }
+            let log = match prepared.last() {
+                Some(PreparedEvent { log, .. })
+                    if log.tenant_id == ev.tenant_id && log.environment == ev.environment =>
+                {
+                    log.clone()
+                }
+                _ => Arc::new(LogKey::new(ev.tenant_id.clone(), ev.environment.clone())),
+            };
             prepared.push(PreparedEvent {
-                log: LogKey::new(ev.tenant_id.clone(), ev.environment.clone()),
+                log,
                 event_id,
                 event_bytes: event::encode_event(ev),
                 fields: crate::query::IndexedField::HOT_INDEXED

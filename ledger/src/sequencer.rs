@@ -56,14 +56,22 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 /// One validated, encoded event waiting to be sequenced.
 #[derive(Debug)]
 pub(crate) struct PreparedEvent {
-    pub log: LogKey,
+    /// Shared by the events of a request that go to the same log (one allocation, not two
+    /// strings per event).
+    pub log: Arc<LogKey>,
     pub event_id: EventId,
     /// Canonical encoding of the AuditEvent.
     pub event_bytes: Vec<u8>,
     /// (field tag, BLAKE3(value)[..8]) of every non-empty hot-indexed field
     /// ([`crate::query::IndexedField::HOT_INDEXED`]), hashed on the caller's thread.
-    pub fields: Vec<(u8, [u8; layout::FIELD_HASH_PREFIX])>,
+    pub fields: HotFields,
 }
+
+/// An event's hot-indexed field hashes, inline (no allocation per event).
+pub(crate) type HotFields = arrayvec::ArrayVec<
+    (u8, [u8; layout::FIELD_HASH_PREFIX]),
+    { crate::query::IndexedField::HOT_INDEXED.len() },
+>;
 
 /// One append request: all of it commits in one batch or none of it does.
 pub(crate) struct Submission {
@@ -510,7 +518,7 @@ impl Sequencer {
         // Dedup against the store, for logs that existed before this group.
         let mut lookups: Vec<(LogId, [u8; 20])> = Vec::new();
         for event in events.iter().flatten() {
-            if let Some(log) = self.logs.get(&event.log) {
+            if let Some(log) = self.logs.get(&*event.log) {
                 lookups.push((
                     log.info.log_id,
                     layout::event_id_key(log.info.log_id, &event.event_id.0),
@@ -557,7 +565,7 @@ impl Sequencer {
             let mut these = Vec::with_capacity(submission.len());
             for (e_index, event) in submission.iter().enumerate() {
                 self.ensure_log(&event.log, &mut batch, &mut created);
-                let log = self.logs.get_mut(&event.log).expect("ensured above");
+                let log = self.logs.get_mut(&*event.log).expect("ensured above");
                 let log_id = log.info.log_id;
                 let origin = log.info.origin.clone();
                 let dedup_key = (log_id, event.event_id.0);
@@ -638,7 +646,7 @@ impl Sequencer {
         for (new, &hash) in new_leaves.into_iter().zip(&hashes) {
             let (s_index, e_index) = new.at;
             let event = &events[s_index][e_index];
-            let log = self.logs.get_mut(&event.log).expect("sequenced above");
+            let log = self.logs.get_mut(&*event.log).expect("sequenced above");
             let log_id = log.info.log_id;
             let leaf_index = new.leaf_index;
             receipts[s_index][new.receipt].leaf_hash = hash;
@@ -1155,8 +1163,17 @@ impl Syncer {
 /// The distinct logs a group appends to, sorted: computed once per commit and used to snapshot,
 /// write, publish and (after a failure) restore exactly those logs.
 fn touched_logs(events: &[Vec<PreparedEvent>]) -> Vec<LogKey> {
-    let mut touched: Vec<&LogKey> = events.iter().flatten().map(|e| &e.log).collect();
+    let mut touched: Vec<&Arc<LogKey>> = Vec::new();
+    for event in events.iter().flatten() {
+        // Events of a request share their log's key: skip the repeats before sorting.
+        if !touched
+            .last()
+            .is_some_and(|&last| Arc::ptr_eq(last, &event.log))
+        {
+            touched.push(&event.log);
+        }
+    }
     touched.sort_unstable();
     touched.dedup();
-    touched.into_iter().cloned().collect()
+    touched.into_iter().map(|k| LogKey::clone(k)).collect()
 }
