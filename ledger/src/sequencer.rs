@@ -558,7 +558,8 @@ impl Sequencer {
         let mut receipts: Vec<Vec<Receipt>> = Vec::with_capacity(events.len());
         let mut new_leaves: Vec<NewLeaf> = Vec::with_capacity(event_count);
         let mut leaf_bytes: Vec<u8> = Vec::with_capacity(event_bytes + event_count * 64);
-        let mut in_group: HashMap<(LogId, [u8; 16]), usize> = HashMap::default();
+        let mut in_group: HashMap<(LogId, [u8; 16]), usize> =
+            HashMap::with_capacity_and_hasher(event_count, Default::default());
         // (submission, receipt) positions of in-group copies and the new leaf they copy.
         let mut copies: Vec<(usize, usize, usize)> = Vec::new();
         for (s_index, submission) in events.iter().enumerate() {
