@@ -49,8 +49,9 @@ use crate::store::WriteBatch;
 use crate::tiles::{EdgeSnapshot, LogHashReader, TileEdge};
 
 /// The sequencer's maps are looked up several times per event (its log by tenant and
-/// environment, event ids in flight and in the group): foldhash instead of SipHash. Still
-/// seeded at random per map, so a gateway choosing event ids cannot predict collisions.
+/// environment, event ids in flight and in the group): foldhash instead of SipHash. It is
+/// seeded at random (per process and per map) but only "minimally DoS-resistant" by its own
+/// account; the ids come from authenticated gateways, whose rates the quotas bound.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One validated, encoded event waiting to be sequenced.
