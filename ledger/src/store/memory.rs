@@ -30,19 +30,23 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn write(&self, batch: WriteBatch, _durable: bool) -> Result<(), StoreError> {
         let mut spaces = self.spaces.write().unwrap_or_else(|p| p.into_inner());
-        let ops = resolve_merges(&spaces, &batch)?;
+        let resolved = resolve_merges(&spaces, &batch)?;
         // Nothing below can fail: the batch applies whole (as RocksDB applies it).
-        for op in ops {
+        for op in resolved.ops() {
             match op {
-                Resolved::Put { space, key, value } => {
-                    spaces.entry(space).or_default().insert(key, value);
+                WriteOp::Put { space, key, value } => {
+                    spaces
+                        .entry(space)
+                        .or_default()
+                        .insert(key.to_vec(), value.to_vec());
                 }
-                Resolved::Delete { space, key } => {
+                WriteOp::Merge { .. } => unreachable!("resolved into puts above"),
+                WriteOp::Delete { space, key } => {
                     if let Some(map) = spaces.get_mut(&space) {
                         map.remove(key);
                     }
                 }
-                Resolved::DeleteRange { space, start, end } => {
+                WriteOp::DeleteRange { space, start, end } => {
                     if let Some(map) = spaces.get_mut(&space) {
                         let doomed: Vec<Vec<u8>> = map
                             .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
@@ -114,33 +118,29 @@ impl Store for MemoryStore {
 /// the stored value as changed by the batch's earlier operations (puts, deletes, ranges and
 /// merges before it, as RocksDB orders them). A merge that cannot apply (no operator, malformed
 /// value) fails the whole batch before anything is written.
-fn resolve_merges<'a>(
+fn resolve_merges(
     spaces: &BTreeMap<Space, Map>,
-    batch: &'a WriteBatch,
-) -> Result<Vec<Resolved<'a>>, StoreError> {
+    batch: &WriteBatch,
+) -> Result<WriteBatch, StoreError> {
     // What the batch has done so far to each key it touched (None: deleted), and the ranges
     // it deleted, for keys it did not touch individually.
     let mut overlay: BTreeMap<(Space, &[u8]), Option<Vec<u8>>> = BTreeMap::new();
     let mut ranges: Vec<(Space, &[u8], &[u8])> = Vec::new();
     let has_merges = batch.ops().any(|op| matches!(op, WriteOp::Merge { .. }));
-    let mut resolved = Vec::with_capacity(batch.len());
+    let mut resolved = WriteBatch::with_capacity(batch.len());
     for op in batch.ops() {
         match op {
             WriteOp::Put { space, key, value } => {
                 if has_merges {
                     overlay.insert((space, key), Some(value.to_vec()));
                 }
-                resolved.push(Resolved::Put {
-                    space,
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                });
+                resolved.put(space, key, value);
             }
             WriteOp::Delete { space, key } => {
                 if has_merges {
                     overlay.insert((space, key), None);
                 }
-                resolved.push(Resolved::Delete { space, key });
+                resolved.delete(space, key);
             }
             WriteOp::DeleteRange { space, start, end } => {
                 if has_merges {
@@ -151,7 +151,7 @@ fn resolve_merges<'a>(
                     }
                     ranges.push((space, start, end));
                 }
-                resolved.push(Resolved::DeleteRange { space, start, end });
+                resolved.delete_range(space, start, end);
             }
             WriteOp::Merge { space, key, value } => {
                 let merge = super::merge_operator(space).ok_or_else(|| {
@@ -174,34 +174,12 @@ fn resolve_merges<'a>(
                         hex::encode(key)
                     ))
                 })?;
-                overlay.insert((space, key), Some(merged.clone()));
-                resolved.push(Resolved::Put {
-                    space,
-                    key: key.to_vec(),
-                    value: merged,
-                });
+                resolved.put(space, key, &merged);
+                overlay.insert((space, key), Some(merged));
             }
         }
     }
     Ok(resolved)
-}
-
-/// A batch operation with its merges applied, ready to change the maps.
-enum Resolved<'a> {
-    Put {
-        space: Space,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
-    Delete {
-        space: Space,
-        key: &'a [u8],
-    },
-    DeleteRange {
-        space: Space,
-        start: &'a [u8],
-        end: &'a [u8],
-    },
 }
 
 #[cfg(test)]
