@@ -166,9 +166,11 @@ pub(crate) struct Run {
 /// returns once `gather` has returned and every run is written.
 pub(crate) fn write_runs(shared: Arc<Shared>, runs: mpsc::Receiver<Run>) {
     for run in runs {
-        if run.ingest && ingest(&shared, &run.jobs) {
+        if run.ingest
+            && let Some(ends) = ingest(&shared, &run.jobs)
+        {
             shared.metrics.index_ingests.fetch_add(1, Ordering::Relaxed);
-            publish(&run.jobs);
+            publish(ends);
             continue;
         }
         // In chunks, so that a backlog does not make one huge memtable write.
@@ -182,16 +184,19 @@ pub(crate) fn write_runs(shared: Arc<Shared>, runs: mpsc::Receiver<Run>) {
                 leaves += job.hashes.len();
                 chunk.push(job);
             }
-            write(shared.store.as_ref(), &chunk);
+            let ends = write(shared.store.as_ref(), &chunk);
             shared.metrics.index_writes.fetch_add(1, Ordering::Relaxed);
-            publish(&chunk);
+            publish(ends);
         }
     }
 }
 
-/// Each log's new watermark after `jobs`, with its info.
-fn watermarks(jobs: &[IndexJob]) -> HashMap<LogId, (Arc<LogInfo>, u64)> {
-    let mut ends: HashMap<LogId, (Arc<LogInfo>, u64)> = HashMap::new();
+/// Each log's new watermark after some jobs, with its info.
+type Watermarks = HashMap<LogId, (Arc<LogInfo>, u64)>;
+
+/// The [`Watermarks`] after `jobs`.
+fn watermarks(jobs: &[IndexJob]) -> Watermarks {
+    let mut ends = Watermarks::new();
     for job in jobs {
         let end = job.first + job.hashes.len() as u64;
         let slot = ends
@@ -235,7 +240,7 @@ fn job_postings(batch: &mut WriteBatch, jobs: &[IndexJob]) {
     put_postings(batch, jobs.iter().flat_map(|j| &j.fields));
 }
 
-fn watermark_puts(batch: &mut WriteBatch, ends: &HashMap<LogId, (Arc<LogInfo>, u64)>) {
+fn watermark_puts(batch: &mut WriteBatch, ends: &Watermarks) {
     for (log_id, (_, end)) in ends {
         batch.put(
             Space::Meta,
@@ -246,18 +251,20 @@ fn watermark_puts(batch: &mut WriteBatch, ends: &HashMap<LogId, (Arc<LogInfo>, u
 }
 
 /// Writes the entries of `jobs` and their watermarks in one batch through the memtables,
-/// retrying until it succeeds.
-fn write(store: &dyn Store, jobs: &[IndexJob]) {
+/// retrying until it succeeds; returns the watermarks.
+fn write(store: &dyn Store, jobs: &[IndexJob]) -> Watermarks {
     let entries: usize = jobs.iter().map(|j| j.hashes.len() + j.fields.len()).sum();
     let mut batch = WriteBatch::with_capacity(entries + jobs.len());
     // Sorted, so that the memtable's skiplist inserts reuse their search position: random
     // keys in arrival order cost several times more to insert.
     leaf_hash_puts(&mut batch, sorted_leaf_hash_keys(jobs));
     job_postings(&mut batch, jobs);
-    watermark_puts(&mut batch, &watermarks(jobs));
+    let ends = watermarks(jobs);
+    watermark_puts(&mut batch, &ends);
     // Derived data: WAL-logged but not synced. A crash may lose the tail; the watermark,
     // in the same batch, is lost with it and the open re-indexes from there.
     write_retrying(store, batch, "the leaf-hash and search indexes");
+    ends
 }
 
 /// Writes `batch` unsynced, retrying with backoff until it succeeds (the indexes can only
@@ -271,9 +278,10 @@ fn write_retrying(store: &dyn Store, batch: WriteBatch, what: &str) {
     }
 }
 
-/// Ingests the entries of `jobs` as two sorted runs, then writes their watermarks; false
-/// (nothing published, the caller writes them instead) if an ingest failed.
-fn ingest(shared: &Shared, jobs: &[IndexJob]) -> bool {
+/// Ingests the entries of `jobs` as two sorted runs, then writes their watermarks and
+/// returns them; `None` (nothing published, the caller writes them instead) if an ingest
+/// failed.
+fn ingest(shared: &Shared, jobs: &[IndexJob]) -> Option<Watermarks> {
     let store = shared.store.as_ref();
     let mut hashes = WriteBatch::new();
     leaf_hash_puts(&mut hashes, sorted_leaf_hash_keys(jobs));
@@ -290,19 +298,20 @@ fn ingest(shared: &Shared, jobs: &[IndexJob]) -> bool {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "ingesting the leaf-hash and search indexes failed; writing them instead");
-                return false;
+                return None;
             }
         }
     }
+    let ends = watermarks(jobs);
     let mut marks = WriteBatch::new();
-    watermark_puts(&mut marks, &watermarks(jobs));
+    watermark_puts(&mut marks, &ends);
     write_retrying(store, marks, "the index watermarks");
-    true
+    Some(ends)
 }
 
-/// Tells lookups that `jobs` are indexed.
-fn publish(jobs: &[IndexJob]) {
-    for (info, end) in watermarks(jobs).into_values() {
+/// Tells lookups that the leaves below `ends` are indexed.
+fn publish(ends: Watermarks) {
+    for (info, end) in ends.into_values() {
         info.indexed.send_if_modified(|v| {
             let grew = end > *v;
             *v = (*v).max(end);
