@@ -4,6 +4,9 @@
 //! events; reports durable events/s and p50/p95/p99 acknowledgement latency. `--rate` paces the
 //! load (for latency at a fixed rate). `--sink` runs the same client against an in-process
 //! no-op server that acknowledges without storing: the transport ceiling of the same run.
+//! `--sink --durable DIR` makes that sink store each request's events as one synced RocksDB
+//! `WriteBatch` in DIR before it answers (RocksDB's own group commit across requests): raw
+//! RocksDB behind the same gRPC transport, the ceiling for durable acknowledgement latency.
 //! `--proofs` measures `GetInclusionProof` throughput instead (with `--sink`: against a no-op
 //! `Log` service returning proofs of the same size); `--proof-batch N` asks for N proofs per
 //! `GetInclusionProofs` call instead.
@@ -55,6 +58,14 @@ struct Args {
     /// Run against an in-process no-op sink instead of --target.
     #[arg(long)]
     sink: bool,
+    /// With --sink: the sink stores every request in a RocksDB database in this (new or empty)
+    /// directory with a synced write before answering.
+    #[arg(long, requires = "sink")]
+    durable: Option<std::path::PathBuf>,
+    /// With --sink: serve the sink on this loopback address in this process until killed and
+    /// drive no load (run the client as a second process with --target, as against the ledger).
+    #[arg(long, requires = "sink")]
+    serve_sink: Option<std::net::SocketAddr>,
     /// Measure GetInclusionProof requests/s on leaves [0, tree size) instead of appends.
     #[arg(long)]
     proofs: bool,
@@ -62,13 +73,66 @@ struct Args {
     /// per proof).
     #[arg(long, default_value_t = 0)]
     proof_batch: usize,
+    /// Name of the target in the report (default: "ledger", or the sink's kind with --sink).
+    #[arg(long)]
+    label: Option<String>,
     /// Scrape this /metrics URL at the end for checkpoint lag and fsync figures.
     #[arg(long)]
     metrics: Option<String>,
 }
 
-/// A stream that acknowledges every request at once, storing nothing.
-struct Sink;
+/// A stream that acknowledges every request at once, storing nothing, or — with a database —
+/// once the request's events are in one synced `WriteBatch`.
+struct Sink {
+    durable: Option<Arc<DurableSink>>,
+}
+
+/// Raw RocksDB under the sink: each request's encoded events under sequential keys, written
+/// with `sync = true` from the blocking pool, so concurrent requests share RocksDB's group
+/// commit the way `ledger_load`'s raw ceiling does.
+struct DurableSink {
+    db: rocksdb::DB,
+    next_key: AtomicU64,
+}
+
+impl DurableSink {
+    fn open(dir: &std::path::Path) -> anyhow::Result<DurableSink> {
+        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+            bail!("--durable {}: the directory is not empty", dir.display());
+        }
+        let db = rocksdb::DB::open_default(dir)
+            .with_context(|| format!("opening RocksDB in {}", dir.display()))?;
+        Ok(DurableSink {
+            db,
+            next_key: AtomicU64::new(0),
+        })
+    }
+
+    fn store(&self, req: &pb::AppendRequest) -> Result<(), Status> {
+        let first = self
+            .next_key
+            .fetch_add(req.events.len() as u64, Ordering::Relaxed);
+        let mut wb = rocksdb::WriteBatch::default();
+        for (key, event) in (first..).zip(&req.events) {
+            wb.put(key.to_be_bytes(), event.encode_to_vec());
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .write_opt(wb, &wo)
+            .map_err(|e| Status::internal(format!("durable sink write: {e}")))
+    }
+
+    /// Stores `req` off the async runtime and answers once it is durable.
+    async fn ack(self: Arc<Self>, req: pb::AppendRequest) -> Result<pb::AppendResponse, Status> {
+        tokio::task::spawn_blocking(move || {
+            self.store(&req)?;
+            Ok(ack(req))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("durable sink task: {e}")))?
+    }
+}
 
 #[tonic::async_trait]
 impl pb::ingest_server::Ingest for Sink {
@@ -76,7 +140,11 @@ impl pb::ingest_server::Ingest for Sink {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        Ok(Response::new(ack(request.into_inner())))
+        let req = request.into_inner();
+        match &self.durable {
+            None => Ok(Response::new(ack(req))),
+            Some(db) => db.clone().ack(req).await.map(Response::new),
+        }
     }
 
     type AppendStreamStream = ReceiverStream<Result<pb::AppendResponse, Status>>;
@@ -87,9 +155,36 @@ impl pb::ingest_server::Ingest for Sink {
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
+        let Some(db) = self.durable.clone() else {
+            tokio::spawn(async move {
+                while let Ok(Some(req)) = inbound.message().await {
+                    if tx.send(Ok(ack(req))).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        };
+        // Every request of the stream is written as soon as it arrives (so the stream's
+        // requests in flight share group commits); answers go out in request order.
+        let (pending_tx, mut pending) = mpsc::channel::<tokio::task::JoinHandle<_>>(64);
         tokio::spawn(async move {
             while let Ok(Some(req)) = inbound.message().await {
-                if tx.send(Ok(ack(req))).await.is_err() {
+                if pending_tx
+                    .send(tokio::spawn(db.clone().ack(req)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(write) = pending.recv().await {
+                let answer = write
+                    .await
+                    .unwrap_or_else(|e| Err(Status::internal(format!("durable sink task: {e}"))));
+                if tx.send(answer).await.is_err() {
                     break;
                 }
             }
@@ -291,7 +386,13 @@ async fn appends(args: Args, target: String) -> anyhow::Result<()> {
     println!(
         "{}: {} connections x {} in flight, {} events/request (~{size} B each), rate {}: {rate:.0} events/s acknowledged; \
          ack latency p50 {} ms, p95 {} ms, p99 {} ms, max {} ms; {} failed requests",
-        if args.sink { "no-op sink" } else { "ledger" },
+        args.label
+            .as_deref()
+            .unwrap_or(match (args.sink, &args.durable) {
+                (false, _) => "ledger",
+                (true, None) => "no-op sink",
+                (true, Some(_)) => "durable sink (raw RocksDB, synced)",
+            }),
         args.connections,
         args.inflight,
         args.batch,
@@ -576,10 +677,17 @@ async fn scrape(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves an in-process sink on a free loopback port with TCP_NODELAY (as the real server
-/// does); returns its URL.
-async fn serve_on_loopback(router: tonic::transport::server::Router) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// Serves an in-process sink on a loopback port (`at`, or a free one) with TCP_NODELAY (as the
+/// real server does); returns its URL.
+async fn serve_on_loopback(
+    router: tonic::transport::server::Router,
+    at: Option<std::net::SocketAddr>,
+) -> anyhow::Result<String> {
+    let at = at.unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+    if !at.ip().is_loopback() {
+        bail!("the sink serves on loopback addresses only, not {at}");
+    }
+    let listener = tokio::net::TcpListener::bind(at).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(router.serve_with_incoming(
         tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -597,6 +705,7 @@ fn main() -> anyhow::Result<()> {
             let target = if args.sink {
                 serve_on_loopback(
                     Server::builder().add_service(pb::log_server::LogServer::new(ProofSink::new())),
+                    None,
                 )
                 .await?
             } else {
@@ -610,14 +719,24 @@ fn main() -> anyhow::Result<()> {
                     .initial_stream_window_size(Some(8 << 20))
                     .initial_connection_window_size(Some(32 << 20))
                     .add_service(
-                        pb::ingest_server::IngestServer::new(Sink)
-                            .max_decoding_message_size(64 << 20),
+                        pb::ingest_server::IngestServer::new(Sink {
+                            durable: match &args.durable {
+                                Some(dir) => Some(Arc::new(DurableSink::open(dir)?)),
+                                None => None,
+                            },
+                        })
+                        .max_decoding_message_size(64 << 20),
                     ),
+                args.serve_sink,
             )
             .await?
         } else {
             args.target.clone()
         };
+        if args.serve_sink.is_some() {
+            println!("sink serving on {target}");
+            return std::future::pending().await;
+        }
         let metrics = args.metrics.clone();
         appends(args, target).await?;
         if let Some(url) = metrics {
