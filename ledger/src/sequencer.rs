@@ -510,9 +510,6 @@ impl Sequencer {
         let event_count: usize = events.iter().map(Vec::len).sum();
         let event_bytes: usize = events.iter().flatten().map(|e| e.event_bytes.len()).sum();
         let mut batch = WriteBatch::with_capacity(event_count * 2 + 8);
-        // The leaves (event, timestamp, principal) and their two ~20-byte keys and 8-byte
-        // value; tiles and log state are a few per cent more.
-        batch.reserve_bytes(event_bytes + event_count * 120 + 1024);
         let mut created = Vec::new();
         let mut index_jobs: HashMap<LogId, IndexJob> = HashMap::default();
 
@@ -528,6 +525,9 @@ impl Sequencer {
         }
         let mut stored: HashMap<(LogId, [u8; 16]), u64> = HashMap::default();
         if !lookups.is_empty() {
+            // Sorted, RocksDB's MultiGet takes them as they are instead of sorting them itself
+            // (through its comparator: several per cent of this thread).
+            lookups.sort_unstable_by_key(|&(_, key)| key);
             let keys: Vec<&[u8]> = lookups.iter().map(|(_, k)| &k[..]).collect();
             let mut corrupt = None;
             self.shared
@@ -636,7 +636,11 @@ impl Sequencer {
             receipts.push(these);
         }
 
-        // Pass 2: hash, write, extend the trees.
+        // Pass 2: hash, write, extend the trees. The batch's bytes, sized once: per new leaf
+        // its encoding, its key and event-id key (12 + 20 bytes) and index value (8), and about
+        // 32 bytes of completed tiles (a 256-hash tile per 256 leaves, with its key and the
+        // tiles above); log states and a margin on top.
+        batch.reserve_bytes(leaf_bytes.len() + new_leaves.len() * (12 + 20 + 8 + 48) + 4096);
         let hashes = {
             let leaves: Vec<&[u8]> = new_leaves
                 .iter()

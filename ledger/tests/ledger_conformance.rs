@@ -55,6 +55,7 @@ fn open(store: &Arc<dyn Store>) -> Ledger {
 fn suite(make: &dyn Fn() -> Arc<dyn Store>) {
     appends_prove_and_dedup(make());
     concurrent_appenders_get_unique_contiguous_indexes(make());
+    concurrent_resends_are_logged_once(make());
     restart_keeps_everything_and_chains_checkpoints(make());
     leaf_hash_index_tail_is_rebuilt_on_open(make());
     fast_appends_ingest_their_indexes_and_lookups_do_not_wait_the_linger(make());
@@ -206,6 +207,65 @@ fn concurrent_appenders_get_unique_contiguous_indexes(store: Arc<dyn Store>) {
         .collect();
     all.sort_unstable();
     assert_eq!(all, (0..4000).collect::<Vec<u64>>());
+    ledger.close().unwrap();
+    assert!(
+        fsck::check(store.as_ref(), &[signer().verifier()])
+            .unwrap()
+            .is_clean()
+    );
+}
+
+/// Gateways that re-send the same events at the same moment (a retry racing the original):
+/// every event is logged once, whichever copy wins, and every copy gets its index — across
+/// more distinct ids than the sequencer keeps of durable groups, so duplicates are found in
+/// flight, among recently durable ids and in the store.
+fn concurrent_resends_are_logged_once(store: Arc<dyn Store>) {
+    let ledger = Arc::new(open(&store));
+    let (batches, per_batch) = (240u64, 50u64);
+    let threads: Vec<_> = (0..6u64)
+        .map(|t| {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for b in 0..batches {
+                    // Each thread sends every batch, a few batches apart from the others.
+                    let b = (b + t * 3) % batches;
+                    let batch: Vec<AuditEvent> = (0..per_batch)
+                        .map(|i| event(b * per_batch + i, "acme", "prod"))
+                        .collect();
+                    let receipts = ledger.append_blocking(&format!("gw-{t}"), &batch).unwrap();
+                    for (e, r) in batch.iter().zip(receipts) {
+                        assert_eq!(r.content_differs, r.duplicate.then_some(false), "{r:?}");
+                        got.push((e.event_id.clone(), r.leaf_index, r.duplicate));
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut by_id: std::collections::HashMap<String, Vec<(u64, bool)>> = Default::default();
+    for t in threads {
+        for (id, index, duplicate) in t.join().unwrap() {
+            by_id.entry(id).or_default().push((index, duplicate));
+        }
+    }
+    let distinct = (batches * per_batch) as usize;
+    assert_eq!(by_id.len(), distinct);
+    let mut indexes: Vec<u64> = by_id
+        .values()
+        .map(|copies| {
+            assert_eq!(copies.len(), 6);
+            assert_eq!(
+                copies.iter().filter(|(_, d)| !d).count(),
+                1,
+                "exactly one copy is new: {copies:?}"
+            );
+            assert!(copies.iter().all(|(i, _)| *i == copies[0].0), "{copies:?}");
+            copies[0].0
+        })
+        .collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..distinct as u64).collect::<Vec<_>>());
     ledger.close().unwrap();
     assert!(
         fsck::check(store.as_ref(), &[signer().verifier()])

@@ -294,6 +294,25 @@ fn multi_get_visits_in_order(store: &dyn Store) {
         ],
         "multi_get must visit every key once, in order, with its value"
     );
+    // Keys in ascending order (RocksDB is then told not to sort them), repeats included.
+    let keys: [&[u8]; 5] = [b"mg/0", b"mg/1", b"mg/1", b"mg/2", b"mg/3"];
+    let mut seen = Vec::new();
+    store
+        .multi_get(Space::Meta, &keys, &mut |i, v| {
+            seen.push((i, v.map(<[u8]>::to_vec)))
+        })
+        .expect("multi_get");
+    assert_eq!(
+        seen,
+        vec![
+            (0, None),
+            (1, Some(b"one".to_vec())),
+            (2, Some(b"one".to_vec())),
+            (3, None),
+            (4, Some(b"three".to_vec())),
+        ],
+        "multi_get of sorted keys must visit every key once, in order, with its value"
+    );
 }
 
 fn scans_respect_bounds_and_direction(store: &dyn Store) {
