@@ -44,6 +44,13 @@ struct Args {
     /// Where to put the databases (default: a temp dir on the same disk as /tmp).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Event ids as before 2026-12-07: one fixed timestamp, so ids sort by appender, then by
+    /// request. Every new id then falls inside every recent table file's key range and the
+    /// duplicate check probes each one's filter. By default ids are UUIDv7 as DESIGN §3a has
+    /// gateways send them: the request's time first (then appender and a counter in the
+    /// random bits), so new ids sort after the stored ones.
+    #[arg(long)]
+    fixed_time_ids: bool,
 }
 
 struct Run {
@@ -193,6 +200,7 @@ fn main() -> anyhow::Result<()> {
                 .collect(),
         );
         let l = ledger.clone();
+        let fixed_time_ids = args.fixed_time_ids;
         let mut run = drive(
             appenders,
             args.batch,
@@ -201,12 +209,22 @@ fn main() -> anyhow::Result<()> {
                 // Fresh event ids per request so nothing is deduplicated, rewritten in place:
                 // the harness must not add allocation work the raw run does not have.
                 let mut batch = templates[t].lock().expect("per-thread batch");
+                // UUIDv7's 48-bit Unix time in milliseconds (RFC 9562 §5.7).
+                let millis: u64 = if fixed_time_ids {
+                    0x0193_6f0e_7a2b
+                } else {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                };
                 for (i, e) in batch.iter_mut().enumerate() {
                     let seq = n * 1_000_000 + i as u64;
                     e.event_id.clear();
                     let _ = write!(
                         e.event_id,
-                        "01936f0e-7a2b-7{:03x}-8{:03x}-{:012x}",
+                        "{:08x}-{:04x}-7{:03x}-8{:03x}-{:012x}",
+                        millis >> 16,
+                        millis & 0xffff,
                         t & 0xfff,
                         (seq >> 48) & 0xfff,
                         seq & 0xffff_ffff_ffff
