@@ -6,7 +6,8 @@ anything from it. Every change to a crate's dependencies or features gives its t
 executables new file names (the metadata hash), so the old ones (~400 MB each, RocksDB linked
 in) stay behind: 76 of them, 30 GB, after one day of work on 2026-12-07, which filled the disk.
 This keeps exactly the executables that `cargo test --workspace --all-targets --no-run` lists
-as its artifacts and removes every other `name-<16 hex>` executable in `debug/deps`. Libraries
+as its artifacts and removes every other `name-<16 hex>` executable in `debug/deps`, and the
+incremental-compilation caches of configurations no build uses any more (see below). Libraries
 and build-script outputs are left alone (small, and shared across builds).
 
 Reads the JSON messages of that cargo command on standard input.
@@ -14,6 +15,7 @@ Reads the JSON messages of that cargo command on standard input.
 import json
 import os
 import re
+import shutil
 import sys
 
 target = os.environ.get("CARGO_TARGET_DIR") or os.path.expanduser("~/.cache/auditledger-target")
@@ -45,3 +47,31 @@ for name in os.listdir(deps):
         os.remove(path)
         removed += 1
 print(f"prune-target: removed {removed} stale executables ({freed >> 20} MiB) from {deps}")
+
+# Incremental-compilation caches: one directory per crate and metadata hash, so the same change
+# of dependencies or features leaves the old ones behind too (8–18 GB of them on 2026-12-07).
+# rustc keeps only the newest session inside each directory but never removes a directory.
+# A crate's directories that a build still uses are written by the same builds, so they stay
+# within minutes of each other; a directory last written more than an hour before the newest
+# of its crate belongs to a configuration no build uses any more. Deleting a cache that was
+# still wanted costs only a slower next build of that crate.
+incremental = os.path.join(target, "debug", "incremental")
+newest = {}
+dirs = []
+if os.path.isdir(incremental):
+    for name in os.listdir(incremental):
+        path = os.path.join(incremental, name)
+        m = re.fullmatch(r"(.+)-[0-9a-z]{13}", name)
+        if not m or not os.path.isdir(path):
+            continue
+        mtime = os.stat(path).st_mtime
+        dirs.append((m.group(1), path, mtime))
+        newest[m.group(1)] = max(newest.get(m.group(1), 0), mtime)
+removed = freed = 0
+for crate, path, mtime in dirs:
+    if mtime < newest[crate] - 3600:
+        for root, _, files in os.walk(path):
+            freed += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        shutil.rmtree(path)
+        removed += 1
+print(f"prune-target: removed {removed} stale incremental caches ({freed >> 20} MiB) from {incremental}")
