@@ -216,9 +216,9 @@ fn concurrent_appenders_get_unique_contiguous_indexes(store: Arc<dyn Store>) {
 }
 
 /// Gateways that re-send the same events at the same moment (a retry racing the original):
-/// every event is logged once, whichever copy wins, and every copy gets its index — across
-/// more distinct ids than the sequencer keeps of durable groups, so duplicates are found in
-/// flight, among recently durable ids and in the store.
+/// every event is logged once, whichever copy wins, and every copy gets its index. Copies
+/// arrive in the same group, while the first copy's group is in flight, and after it is
+/// durable (the last thread re-sends the first batches long after the first one did).
 fn concurrent_resends_are_logged_once(store: Arc<dyn Store>) {
     let ledger = Arc::new(open(&store));
     let (batches, per_batch) = (240u64, 50u64);
