@@ -162,6 +162,12 @@ pub fn render(ledger: &Ledger, server: &ServerMetrics) -> String {
         "Ingests of those runs (two per run: leaf hashes, search index) written through the memtables because these still held entries; the rest became table files.",
         m.index_ingests_written.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "auditledger_slow_commits_total",
+        "Group commits that took over 250 ms from built to durable; each is logged as a warning with the time of each stage (waiting for the writer, write, waiting for the sync, sync).",
+        m.slow_commits.load(Ordering::Relaxed),
+    );
     histogram(
         &mut out,
         "auditledger_fsync_seconds",

@@ -1833,6 +1833,26 @@ mod tests {
     }
 
     #[test]
+    fn slow_group_commits_are_counted() {
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+        let ledger = Ledger::open(store.clone(), keyring(), options()).unwrap();
+        let slow = || ledger.shared.metrics.slow_commits.load(Ordering::Relaxed);
+        ledger.append_blocking("gw", &[event(1, "acme")]).unwrap();
+        assert_eq!(slow(), 0, "a commit without delay is not slow");
+        store.set_write_faults(WriteFaults {
+            delay: crate::sequencer::SLOW_COMMIT + Duration::from_millis(50),
+            durable_only: true,
+            ..Default::default()
+        });
+        ledger.append_blocking("gw", &[event(2, "acme")]).unwrap();
+        assert_eq!(slow(), 1, "the write took longer than SLOW_COMMIT");
+        store.set_write_faults(WriteFaults::default());
+        ledger.append_blocking("gw", &[event(3, "acme")]).unwrap();
+        assert_eq!(slow(), 1);
+        ledger.close().unwrap();
+    }
+
+    #[test]
     fn failed_write_acknowledges_nothing_and_recovers() {
         let store = Arc::new(FaultyStore::new(MemoryStore::new()));
         let ledger = Ledger::open(store.clone(), keyring(), options()).unwrap();

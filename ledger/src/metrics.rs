@@ -71,6 +71,9 @@ pub struct LedgerMetrics {
     /// ... of whose ingests (two per run: leaf hashes, search index) these went through the
     /// memtables instead, because those still held entries.
     pub index_ingests_written: AtomicU64,
+    /// Group commits that took longer than 250 ms from built to durable (each also logged as
+    /// a warning with the time of each stage).
+    pub slow_commits: AtomicU64,
 }
 
 impl LedgerMetrics {

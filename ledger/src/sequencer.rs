@@ -138,10 +138,25 @@ struct InFlight {
     ids: Vec<(LogId, [u8; 16])>,
 }
 
+/// A group commit taking longer than this from built to durable is logged with where its
+/// time went, and counted (`LedgerMetrics::slow_commits`): without it, a stall of the commit
+/// pipeline shows only as a long tail in the acknowledgement histogram.
+pub(crate) const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// When a group reached each stage of the pipeline.
+#[derive(Clone, Copy)]
+struct Stages {
+    built: std::time::Instant,
+    /// Set by the writer: when it started and finished writing the batch holding the group.
+    write_started: Option<std::time::Instant>,
+    written: Option<std::time::Instant>,
+}
+
 /// A built group, ready to be written.
 struct Built {
     seq: u64,
     epoch: u64,
+    stages: Stages,
     batch: WriteBatch,
     replies: Vec<Reply>,
     receipts: Vec<Vec<Receipt>>,
@@ -712,6 +727,11 @@ impl Sequencer {
         Ok(Built {
             seq,
             epoch: self.epoch,
+            stages: Stages {
+                built: std::time::Instant::now(),
+                write_started: None,
+                written: None,
+            },
             batch,
             replies: Vec::new(),
             receipts,
@@ -973,7 +993,13 @@ impl Writer {
             if write.is_empty() {
                 continue;
             }
+            let write_started = std::time::Instant::now();
             let result = self.write(&mut write);
+            let written = std::time::Instant::now();
+            for built in &mut write {
+                built.stages.write_started = Some(write_started);
+                built.stages.written = Some(written);
+            }
             let mut state = self.written.lock();
             state.writing = false;
             if state.dead {
@@ -1044,11 +1070,13 @@ impl Syncer {
                 let bytes = std::mem::take(&mut state.bytes);
                 (state.outcomes.drain(..).collect::<Vec<_>>(), bytes)
             };
+            let sync_started = std::time::Instant::now();
             let synced = if outcomes.iter().any(|o| matches!(o, Outcome::Written(_))) {
-                let started = std::time::Instant::now();
                 let synced = self.shared.store.sync();
                 if synced.is_ok() {
-                    self.shared.metrics.record_write(bytes, started.elapsed());
+                    self.shared
+                        .metrics
+                        .record_write(bytes, sync_started.elapsed());
                     // Under the lock: a write failing meanwhile reports itself after this.
                     let state = self.written.lock();
                     if !state.write_failed {
@@ -1060,7 +1088,10 @@ impl Syncer {
                 Ok(())
             };
             match synced {
-                Ok(()) => self.answer(outcomes),
+                Ok(()) => {
+                    report_slow_commits(&self.shared, &outcomes, sync_started);
+                    self.answer(outcomes)
+                }
                 Err(err) => self.sync_failed(outcomes, LedgerError::from(err)),
             }
         }
@@ -1163,6 +1194,39 @@ impl Syncer {
         for reply in built.replies {
             let _ = reply.tx.send(Err(answer_for(err)));
         }
+    }
+}
+
+/// Logs (and counts) each durable group of `outcomes` that took longer than [`SLOW_COMMIT`]
+/// from built to durable, with the time of each stage: waiting for the writer, its write (WAL
+/// and memtables), waiting for the syncer, and the sync that started at `sync_started`.
+fn report_slow_commits(shared: &Shared, outcomes: &[Outcome], sync_started: std::time::Instant) {
+    let synced = std::time::Instant::now();
+    for outcome in outcomes {
+        let Outcome::Written(built) = outcome else {
+            continue;
+        };
+        let stages = built.stages;
+        let took = synced.saturating_duration_since(stages.built);
+        if took <= SLOW_COMMIT {
+            continue;
+        }
+        shared.metrics.slow_commits.fetch_add(1, Ordering::Relaxed);
+        let ms = |from: Option<std::time::Instant>, to: Option<std::time::Instant>| match (from, to)
+        {
+            (Some(from), Some(to)) => to.saturating_duration_since(from).as_secs_f64() * 1e3,
+            _ => f64::NAN,
+        };
+        tracing::warn!(
+            took_ms = took.as_secs_f64() * 1e3,
+            waiting_for_writer_ms = ms(Some(stages.built), stages.write_started),
+            write_ms = ms(stages.write_started, stages.written),
+            waiting_for_sync_ms = ms(stages.written, Some(sync_started)),
+            sync_ms = ms(Some(sync_started), Some(synced)),
+            requests = built.replies.len(),
+            events = built.events,
+            "slow group commit: acknowledgements waited"
+        );
     }
 }
 
