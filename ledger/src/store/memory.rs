@@ -30,9 +30,16 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn write(&self, batch: WriteBatch, _durable: bool) -> Result<(), StoreError> {
         let mut spaces = self.spaces.write().unwrap_or_else(|p| p.into_inner());
-        let resolved = resolve_merges(&spaces, &batch)?;
+        // Only a batch with merges needs a resolved copy; any other applies as it is.
+        let resolved;
+        let batch = if batch.ops().any(|op| matches!(op, WriteOp::Merge { .. })) {
+            resolved = resolve_merges(&spaces, &batch)?;
+            &resolved
+        } else {
+            &batch
+        };
         // Nothing below can fail: the batch applies whole (as RocksDB applies it).
-        for op in resolved.ops() {
+        for op in batch.ops() {
             match op {
                 WriteOp::Put { space, key, value } => {
                     spaces
@@ -126,31 +133,24 @@ fn resolve_merges(
     // it deleted, for keys it did not touch individually.
     let mut overlay: BTreeMap<(Space, &[u8]), Option<Vec<u8>>> = BTreeMap::new();
     let mut ranges: Vec<(Space, &[u8], &[u8])> = Vec::new();
-    let has_merges = batch.ops().any(|op| matches!(op, WriteOp::Merge { .. }));
     let mut resolved = WriteBatch::with_capacity(batch.len());
     for op in batch.ops() {
         match op {
             WriteOp::Put { space, key, value } => {
-                if has_merges {
-                    overlay.insert((space, key), Some(value.to_vec()));
-                }
+                overlay.insert((space, key), Some(value.to_vec()));
                 resolved.put(space, key, value);
             }
             WriteOp::Delete { space, key } => {
-                if has_merges {
-                    overlay.insert((space, key), None);
-                }
+                overlay.insert((space, key), None);
                 resolved.delete(space, key);
             }
             WriteOp::DeleteRange { space, start, end } => {
-                if has_merges {
-                    for ((s, k), v) in overlay.iter_mut() {
-                        if *s == space && *k >= start && *k < end {
-                            *v = None;
-                        }
+                for ((s, k), v) in overlay.iter_mut() {
+                    if *s == space && *k >= start && *k < end {
+                        *v = None;
                     }
-                    ranges.push((space, start, end));
                 }
+                ranges.push((space, start, end));
                 resolved.delete_range(space, start, end);
             }
             WriteOp::Merge { space, key, value } => {
