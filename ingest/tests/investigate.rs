@@ -414,14 +414,20 @@ fn find_events_across_tiers_with_isolation_audit_and_stable_pages() {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
-        // The searches and the denials are in the system log.
+        // The searches and the denials are in the system log. Wait for all four denials: the
+        // system log records them asynchronously, and a checkpoint may cover only some.
         let events = common::system_events(&server, &system_admin, |evs| {
             evs.iter().any(|e| {
                 e.tool_name == "Investigate.FindEvents"
                     && e.attributes.get("justification").map(String::as_str) == Some("proof check")
-            }) && evs.iter().any(|e| {
-                e.tool_name == "Investigate.FindEvents" && e.decision == pb::Decision::Deny as i32
-            })
+            }) && evs
+                .iter()
+                .filter(|e| {
+                    e.tool_name == "Investigate.FindEvents"
+                        && e.decision == pb::Decision::Deny as i32
+                })
+                .count()
+                >= 4
         })
         .await;
         let proof_search = events
